@@ -87,3 +87,97 @@ def prepare_wfdb(
 
     _run(prepare, "wfdb", src, out, metadata=metadata, workers=workers,
          storage_options=_storage_options(storage_options))
+
+
+# ------------------------------------------------------------------------------------------------ train
+def _train(stage: str, data: str, out: str, preset: str, workers: int, gpu: bool, embedder: str,
+           cache: Optional[str], seed: int, storage_options: Optional[str]) -> None:
+    import sys
+
+    from synthgen.train.run import train
+
+    url = _run(train, stage, data, out, preset=preset, workers=workers, gpu=gpu, embedder=embedder, cache=cache,
+               seed=seed, storage_options=_storage_options(storage_options), command="synthgen " + " ".join(sys.argv[1:]))
+    typer.echo(url)
+
+
+DataOpt = typer.Option(..., "--data", help="Training shards from `synthgen prepare` (folder or s3:// URL).")
+OutOpt = typer.Option(..., "--out", help="Run folder or s3:// URL: checkpoints, the VAE, the model bundle.")
+PresetOpt = typer.Option("small", help="small (2-core CPU, <1 h), paper (GPU sizes) or tiny (smoke test).")
+WorkersOpt = typer.Option(1, help="Ray Train workers (DDP).")
+GpuOpt = typer.Option(False, "--gpu", help="Pin one GPU per worker.")
+EmbedderOpt = typer.Option("local", help="Text embedder: local (offline MiniLM) or openai[:model].")
+CacheOpt = typer.Option(None, help="Embedding cache folder or URL (default ~/.cache/synthgen/embeddings).")
+SeedOpt = typer.Option(0, help="Random seed.")
+
+
+@train_app.command("vae")
+def train_vae(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, workers: int = WorkersOpt,
+              gpu: bool = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
+              seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt) -> None:
+    """Stage 1: the VAE. Rerun the same command to resume after a kill."""
+    _train("vae", data, out, preset, workers, gpu, embedder, cache, seed, storage_options)
+
+
+@train_app.command("diffusion")
+def train_diffusion(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, workers: int = WorkersOpt,
+                    gpu: bool = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
+                    seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt) -> None:
+    """Stage 2: the latent diffusion model (needs the stage-1 VAE in --out). Writes OUT/bundle."""
+    _train("diffusion", data, out, preset, workers, gpu, embedder, cache, seed, storage_options)
+
+
+@train_app.command("all")
+def train_all(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, workers: int = WorkersOpt,
+              gpu: bool = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
+              seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt) -> None:
+    """Both stages; finished stages are skipped, a killed one resumes."""
+    _train("all", data, out, preset, workers, gpu, embedder, cache, seed, storage_options)
+
+
+# --------------------------------------------------------------------------------------------- generate
+class OutputFormat(str, Enum):
+    parquet = "parquet"
+    wfdb = "wfdb"
+    both = "both"
+
+
+@app.command()
+def generate(
+    manifest: str = typer.Option(..., help="Condition specs (CSV or Parquet; local or s3://). See docs/generate.md."),
+    out: str = typer.Option(..., help="Output folder or s3:// URL."),
+    n: Optional[int] = typer.Option(None, help="Total ECGs, spread over rows by n/weight or evenly "
+                                               "(default: the manifest's n column, else 1 per row)."),
+    model: Optional[str] = typer.Option(None, help="Model bundle folder or URL (default: the shipped model)."),
+    sampler: str = typer.Option("ddim", help="ddim (fast), dpm++ (fast) or ddpm (the paper's ancestral sampler)."),
+    steps: int = typer.Option(50, help="Denoising steps (the paper's DDPM uses 1000)."),
+    guidance: float = typer.Option(2.0, help="Classifier-free guidance scale (1 = none)."),
+    seed: int = typer.Option(0, help="Run seed; each sample's seed derives from (seed, spec, index)."),
+    batch_size: int = typer.Option(32, help="ECGs per forward pass in each actor."),
+    actors: Optional[int] = typer.Option(None, help="Sampler actors (default: one per GPU, else per 2 CPUs)."),
+    shard_size: int = typer.Option(256, help="ECGs per output shard (the unit of resume)."),
+    output_format: OutputFormat = typer.Option(OutputFormat.parquet, "--format", help="parquet, wfdb or both."),
+    wfdb_fs: Optional[float] = typer.Option(None, help="WFDB sampling rate (default 102.4 Hz; e.g. 500)."),
+    storage_options: Optional[str] = StorageOpt,
+) -> None:
+    """Sample ECGs for every condition spec of a manifest with Ray actors; resumable, exactly once."""
+    from synthgen.generate.run import generate as run_generate
+
+    _run(run_generate, manifest, out, n, model=model, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
+         batch_size=batch_size, actors=actors, shard_size=shard_size, output_format=output_format.value,
+         wfdb_fs=wfdb_fs, storage_options=_storage_options(storage_options))
+
+
+@manifest_app.command("minority")
+def manifest_minority(
+    data: str = typer.Option(..., help="Training shards from `synthgen prepare`."),
+    label: str = typer.Option(..., help="af, pvc or abnormal."),
+    out: str = typer.Option(..., help="Manifest to write (.csv or .parquet; local or s3://)."),
+    split: str = typer.Option("train", help="Split whose records' conditions are used."),
+    storage_options: Optional[str] = StorageOpt,
+) -> None:
+    """A manifest from the conditions of real minority-class records (as the paper augments)."""
+    from synthgen.generate.manifest import build_minority_manifest
+
+    rows = _run(build_minority_manifest, data, label, out, split=split, storage_options=_storage_options(storage_options))
+    typer.echo(f"{rows} condition specs → {out}")

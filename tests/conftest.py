@@ -26,7 +26,82 @@ def ray_local():
     """
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=600 * 1024**2,
+    ray.init(num_cpus=4, object_store_memory=600 * 1024**2,
              ignore_reinit_error=True, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+class S3Server:
+    """A SeaweedFS `weed mini` on loopback with credentials (see stack notes); restartable on the same data."""
+
+    KEY, SECRET, BUCKET = "synthgen-test", "synthgen-test-secret", "synthgen"
+    PORTS = {"master": 29333, "volume": 29340, "filer": 28888, "s3": 28333}  # gRPC on each + 10000
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.endpoint = f"http://127.0.0.1:{self.PORTS['s3']}"
+        self.storage_options = {"key": self.KEY, "secret": self.SECRET,
+                                "client_kwargs": {"endpoint_url": self.endpoint}}
+        self.proc = None
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        import shutil
+        import subprocess
+        import sys
+        import time
+
+        import s3fs
+
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        p = self.PORTS
+        cmd = [weed, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               f"-master.port={p['master']}", f"-volume.port={p['volume']}", f"-filer.port={p['filer']}",
+               f"-s3.port={p['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
+               "-admin.ui=false", "-master.telemetry=false", f"-bucket={self.BUCKET}"]
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": self.KEY, "AWS_SECRET_ACCESS_KEY": self.SECRET}
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:  # the bucket appears 1–3 s after the port opens
+            if self.proc.poll() is not None:
+                pytest.fail(f"weed mini exited with {self.proc.returncode}")
+            try:
+                s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options).ls(self.BUCKET)
+                return
+            except Exception:  # not up yet: connection refused, NoSuchBucket, …
+                time.sleep(0.5)
+        self.stop()
+        pytest.fail("SeaweedFS did not serve its bucket in time")
+
+    def stop(self) -> None:
+        """Stop and wait for the exit (2–4 s), so the ports are free for a restart."""
+        import subprocess
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server for the whole session: `.endpoint`, `.storage_options`, `.BUCKET`,
+    `.stop()`/`.start()` to test a restart mid-run."""
+    server = S3Server(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ptbxl_shards(tmp_path_factory, ptbxl_dir, ray_local) -> Path:
+    """The real PTB-XL subset prepared once per session (train/val/test shards) for downstream tests."""
+    from synthgen.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("ptbxl_shards")
+    prepare("ptbxl", str(ptbxl_dir), str(out))
+    return out

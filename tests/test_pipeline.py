@@ -1,0 +1,87 @@
+"""ECGPipeline on a tiny random bundle: shapes, seeding, batch independence, guidance, samplers, embedders."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synthgen.conditions.spec import Condition
+from synthgen.errors import InputError
+from synthgen.model.bundle import load_bundle
+from synthgen.model.schedulers import SAMPLERS
+from synthgen.pipeline import ECGPipeline
+from test_bundle import save_tiny_bundle
+from test_model import single_thread  # noqa: F401 (autouse fixture)
+
+CONDITIONS = [Condition(("sinus rhythm",), age=60, sex="M", hr=70),
+              Condition(("atrial fibrillation", "left axis deviation"), sex="F"),
+              Condition(("sinus bradycardia",), hr=45)]
+
+
+class HashEmbedder:
+    """Deterministic stand-in for a text embedder: unit vectors seeded by a hash of the text."""
+
+    name = "test-hash"
+    dim = 16
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        rows = [np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:8], 16)).standard_normal(self.dim)
+                for t in texts]
+        x = np.asarray(rows, np.float32).reshape(len(texts), self.dim)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory: pytest.TempPathFactory) -> ECGPipeline:
+    url = str(tmp_path_factory.mktemp("bundle"))
+    save_tiny_bundle(url)
+    return ECGPipeline(load_bundle(url), embedder=HashEmbedder())
+
+
+def test_shape_and_determinism(pipe: ECGPipeline) -> None:
+    a = pipe(CONDITIONS, seeds=[1, 2, 3], steps=4)
+    assert a.shape == (3, 12, 1024) and a.dtype == np.float32 and np.isfinite(a).all()
+    assert np.array_equal(a, pipe(CONDITIONS, seeds=[1, 2, 3], steps=4))
+    assert not np.allclose(a[0], pipe(CONDITIONS[:1], seeds=[4], steps=4)[0])  # the seed matters
+    assert pipe([], seeds=[]).shape == (0, 12, 1024)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_sample_independent_of_batch_mates(pipe: ECGPipeline, sampler: str) -> None:
+    batched = pipe(CONDITIONS, seeds=[1, 2, 3], sampler=sampler, steps=4)
+    alone = pipe(CONDITIONS[1:2], seeds=[2], sampler=sampler, steps=4)
+    reordered = pipe([CONDITIONS[2], CONDITIONS[1]], seeds=[3, 2], sampler=sampler, steps=4)
+    np.testing.assert_allclose(alone[0], batched[1], atol=1e-5)
+    np.testing.assert_allclose(reordered[1], batched[1], atol=1e-5)
+
+
+def test_guidance_and_conditions_matter(pipe: ECGPipeline) -> None:
+    seeds = [7, 7]
+    g1, g3 = (pipe(CONDITIONS[:2], seeds=seeds, steps=4, guidance=g) for g in (1.0, 3.0))
+    assert not np.allclose(g1, g3)
+    assert not np.allclose(g1[0], g1[1])  # same seed, different conditions
+
+
+def test_bad_inputs(pipe: ECGPipeline, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown sampler"):
+        pipe(CONDITIONS[:1], seeds=[0], sampler="euler")
+    with pytest.raises(ValueError, match="2 conditions but 1 seeds"):
+        pipe(CONDITIONS[:2], seeds=[0])
+    with pytest.raises(InputError, match="report"):
+        pipe([Condition(())], seeds=[0])
+    with pytest.raises(InputError, match="does not match the model"):
+        ECGPipeline(pipe.bundle, embedder=type("Other", (HashEmbedder,), {"name": "other"})())
+
+
+def test_real_local_embedder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """from_bundle builds the embedder the bundle names (here the offline MiniLM, 384-d)."""
+    monkeypatch.setenv("SYNTHGEN_CACHE", str(tmp_path / "cache"))
+    url = str(tmp_path / "bundle")
+    save_tiny_bundle(url, embedder_name="local", dim=384)
+    pipe = ECGPipeline.from_bundle(url)
+    assert pipe.embedder.name == "local" and pipe.embedder.dim == 384
+    out = pipe(CONDITIONS, seeds=[1, 2, 3], steps=2)
+    assert out.shape == (3, 12, 1024) and np.isfinite(out).all()

@@ -1,0 +1,106 @@
+"""Training: the schedule and dropout maths, and a real `synthgen train` run on PTB-XL that is killed
+mid-run and resumed from its last checkpoint (tiny preset, local Ray)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthgen.train.diffusion_stage import EMA, drop_conditions
+from synthgen.train.presets import TrainConfig, get_preset
+from synthgen.train.vae_stage import kl_weight
+
+SYNTHGEN = [sys.executable, "-m", "synthgen"]
+
+
+def test_kl_annealing_rises_linearly_then_holds():
+    tc = get_preset("small")
+    weights = [kl_weight(tc, e) for e in range(tc.kl_anneal_epochs + 5)]
+    assert weights[0] == 0.0
+    assert all(b >= a for a, b in zip(weights, weights[1:]))
+    assert weights[tc.kl_anneal_epochs // 2] == pytest.approx(tc.kl_weight / 2, rel=0.2)
+    assert weights[-1] == tc.kl_weight
+
+
+def test_condition_dropout_rates():
+    tc = get_preset("small")
+    n = 200_000
+    g = torch.Generator().manual_seed(0)
+    text, feats = drop_conditions(torch.ones(n, dtype=torch.bool), torch.ones(n, 3, dtype=torch.bool), tc, g)
+    all_dropped = (~text & ~feats.any(1)).float().mean().item()
+    assert all_dropped == pytest.approx(tc.p_uncond + (1 - tc.p_uncond) * tc.p_drop_text * tc.p_drop_feature**3, abs=0.005)
+    assert (~text).float().mean().item() == pytest.approx(tc.p_uncond + (1 - tc.p_uncond) * tc.p_drop_text, abs=0.005)
+    assert (~feats[:, 0]).float().mean().item() == pytest.approx(tc.p_uncond + (1 - tc.p_uncond) * tc.p_drop_feature,
+                                                                abs=0.005)
+    # a feature that was missing in the data stays missing
+    _, feats = drop_conditions(torch.ones(4, dtype=torch.bool), torch.zeros(4, 3, dtype=torch.bool), tc, g)
+    assert not feats.any()
+
+
+def test_ema_moves_towards_the_model():
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.5)
+    before = ema.model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.model.weight, before + 0.5)
+
+
+def test_config_round_trip():
+    tc = get_preset("paper", seed=3)
+    assert TrainConfig.from_dict(tc.to_dict()) == tc
+
+
+def _train(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([*SYNTHGEN, "train", *args], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+
+
+def test_train_is_killed_and_resumes_then_the_bundle_generates(ptbxl_shards, ray_local, tmp_path):
+    """Kill `train vae` after its first checkpoint; the same command family then resumes, not restarts."""
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    args = ["--data", str(ptbxl_shards), "--out", str(out), "--preset", "tiny", "--cache", str(cache)]
+
+    first = _train(["vae", *args], env, tmp_path / "first.log")
+    deadline = time.time() + 300
+    while not list((out / "checkpoints" / "vae").glob("checkpoint_*")):
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (out / "vae" / "vae.json").exists()
+
+    second = _train(["all", *args], env, tmp_path / "second.log")
+    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    log = (tmp_path / "second.log").read_text()
+    assert "[vae] resumed from checkpoint" in log
+    resumed_step = int(log.split("[vae] resumed from checkpoint")[1].split("step ")[1].split()[0])
+    assert resumed_step >= get_preset("tiny").vae.checkpoint_every
+
+    from synthgen.conditions.embedders import get_embedder
+    from synthgen.conditions.spec import Condition
+    from synthgen.model.bundle import load_bundle
+    from synthgen.pipeline import ECGPipeline
+
+    bundle = load_bundle(str(out / "bundle"))
+    assert bundle.config["embedder"]["name"] == "local"
+    assert bundle.config["training"]["dataset"]["fingerprint"] == bundle.config["data_fingerprint"]
+    assert (out / "bundle" / "MODEL_CARD.md").read_text().count("Best validation") == 2
+    pipe = ECGPipeline(bundle, get_embedder("local", cache=str(cache)))
+    ecg = pipe([Condition(("atrial fibrillation",), 70, "M", 110)], seeds=[1], steps=5)
+    assert ecg.shape == (1, 12, 1024) and np.isfinite(ecg).all()
+
+    # a finished run is not trained again
+    third = subprocess.run([*SYNTHGEN, "train", "all", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and "already trained" in third.stdout
