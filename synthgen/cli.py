@@ -158,6 +158,9 @@ def generate(
     shard_size: int = typer.Option(256, help="ECGs per output shard (the unit of resume)."),
     output_format: OutputFormat = typer.Option(OutputFormat.parquet, "--format", help="parquet, wfdb or both."),
     wfdb_fs: Optional[float] = typer.Option(None, help="WFDB sampling rate (default 102.4 Hz; e.g. 500)."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="One actor per GPU, or CPU actors "
+                                                               "(default: GPUs if the Ray cluster has any)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
     storage_options: Optional[str] = StorageOpt,
 ) -> None:
     """Sample ECGs for every condition spec of a manifest with Ray actors; resumable, exactly once."""
@@ -165,7 +168,7 @@ def generate(
 
     _run(run_generate, manifest, out, n, model=model, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
          batch_size=batch_size, actors=actors, shard_size=shard_size, output_format=output_format.value,
-         wfdb_fs=wfdb_fs, storage_options=_storage_options(storage_options))
+         wfdb_fs=wfdb_fs, gpu=gpu, progress=progress, storage_options=_storage_options(storage_options))
 
 
 @manifest_app.command("minority")

@@ -1,11 +1,16 @@
-"""Shared fixtures: the real PTB-XL subset, and one local Ray cluster per test session."""
+"""Shared fixtures: the real PTB-XL subset, one local Ray cluster per test session, a tiny real model."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from bundles import TinyBundle
 
 REPO = Path(__file__).resolve().parents[1]
 PTBXL = Path(os.environ.get("SYNTHGEN_PTBXL", REPO.parent / "shared" / "data" / "ptbxl"))
@@ -18,8 +23,28 @@ def ptbxl_dir() -> Path:
     return PTBXL
 
 
+@pytest.fixture(scope="session", autouse=True)
+def embedding_cache(tmp_path_factory) -> Iterator[Path]:
+    """Text embeddings are cached in a per-session folder, never in ~/.cache; shared by every test, so MiniLM
+    loads only for prompts not embedded yet. Set before Ray starts: workers inherit the driver's env then."""
+    path = tmp_path_factory.mktemp("embeddings")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SYNTHGEN_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
-def ray_local():
+def tiny_bundle(tmp_path_factory) -> TinyBundle:
+    """A real bundle (random weights, tiny widths) with the real offline embedder ("local", 384-d): the
+    production sampling path in milliseconds per sample."""
+    from bundles import TinyBundle, save_tiny_bundle
+
+    url = str(tmp_path_factory.mktemp("tiny_bundle"))
+    return TinyBundle(url, save_tiny_bundle(url, embedder_name="local", dim=384))
+
+
+@pytest.fixture(scope="session")
+def ray_local(embedding_cache):
     """One Ray cluster for the whole session (two clusters on one host confuse Ray Train's cleanup).
 
     Four logical CPUs on two cores avoid the actor-pool deadlock noted in the stack notes.

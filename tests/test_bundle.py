@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -11,23 +10,9 @@ import torch
 
 from synthgen.errors import InputError
 from synthgen.model import bundle as bundle_mod
-from synthgen.model.bundle import load_bundle, save_bundle
-from synthgen.model.unet import UNet1D
-from synthgen.model.vae import VAE
-from test_model import TINY_VAE, single_thread, tiny_unet_config  # noqa: F401 (autouse fixture)
-
-
-def save_tiny_bundle(url: str, embedder_name: str = "test-hash", dim: int = 16) -> str:
-    """A random bundle (output conv not zero, so conditions matter); returns the model hash."""
-    torch.manual_seed(0)
-    vae, unet = VAE(TINY_VAE), UNet1D(tiny_unet_config(dim))
-    torch.nn.init.normal_(unet.conv_out.weight, std=0.1)
-    config = {"vae": asdict(TINY_VAE), "unet": asdict(unet.cfg), "latent_scale": 0.5,
-              "embedder": {"name": embedder_name, "dim": dim},
-              "patient_stats": {"age_mean": 60.0, "age_std": 15.0, "hr_mean": 75.0, "hr_std": 15.0},
-              "noise": {"T": 1000, "beta_start": 0.00085, "beta_end": 0.012},
-              "data_fingerprint": "test", "training": {"note": "random weights"}}
-    return save_bundle(url, vae, unet, config, "# Tiny test model\n")
+from synthgen.model.bundle import load_bundle
+from bundles import save_tiny_bundle
+from test_model import single_thread  # noqa: F401 (autouse fixture)
 
 
 def outputs(b: bundle_mod.Bundle) -> tuple[torch.Tensor, torch.Tensor]:

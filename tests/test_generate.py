@@ -1,16 +1,19 @@
-"""`synthgen generate` end to end on the session's Ray cluster, with a stand-in sampler (fast, deterministic).
+"""`synthgen generate` end to end on the session's Ray cluster, through the production path only: the tiny
+real bundle (random weights) in ECGPipeline with the offline MiniLM embedder, few sampling steps.
 
-The stand-in is pickled by value (Ray workers cannot import this test module) and can kill its actor once
-(os._exit, keyed by a marker file) to prove Ray restarts it and every sample is still written exactly once.
+Faults are real too: a sampler actor's process is SIGKILLed mid-run, and the S3 server is restarted mid-run.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from bundles import TinyBundle
 from synthgen.conditions.spec import Condition
 from synthgen.errors import InputError
 from synthgen.generate.plan import Plan, sample_seed
@@ -30,40 +34,9 @@ MANIFEST = ("report,age,sex,hr,label,n\n"
             "sinus rhythm,,,,,0\n"
             "sinus bradycardia,40,male,50,,3\n")
 TOTAL = 15
-
-
-@dataclass(frozen=True)
-class StandInSampler:
-    """Signals from each sample's seed only (as ECGPipeline promises); optional slowness and one crash."""
-
-    delay_s: float = 0.0
-    crash_marker: str | None = None
-
-    def __call__(self, conditions: list[Condition], seeds: list[int], sampler: str = "ddim", steps: int = 50,
-                 guidance: float = 2.0) -> np.ndarray:
-        if self.crash_marker and not os.path.exists(self.crash_marker):
-            Path(self.crash_marker).touch()
-            os._exit(1)  # a killed actor: Ray must restart it and retry the shard
-        time.sleep(self.delay_s)
-        return np.stack([np.random.default_rng(s).standard_normal((12, 1024)).astype(np.float32) * 0.1
-                         + (c.hr or 60) / 100 for c, s in zip(conditions, seeds)])
-
-
-@dataclass(frozen=True)
-class StandInFactory:
-    sampler: StandInSampler = StandInSampler()
-
-    def model_hash(self, model: str | None, storage_options: dict | None) -> str:
-        return "stand-in"
-
-    def __call__(self, model, storage_options, *, device: str, threads: int | None) -> StandInSampler:
-        return self.sampler
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(ray_local):
-    ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    return ray_local
+# Steps per sample for the fault tests: one-sample shards then take ~0.2 s each on an idle core, so
+# after the first commit there are seconds of work left in flight for the fault to hit.
+SLOW_STEPS = 100
 
 
 @pytest.fixture
@@ -73,15 +46,32 @@ def manifest(tmp_path) -> str:
     return str(path)
 
 
+@pytest.fixture
+def model_kw(tiny_bundle: TinyBundle) -> dict:
+    """The tiny real model, two DDIM steps: the production path, fast."""
+    return dict(model=tiny_bundle.url, steps=2, progress=False)
+
+
 def read_rows(out: str, storage_options: dict | None = None) -> pd.DataFrame:
     """The output as another pipeline reads it: plain pandas on the shards folder."""
     return pd.read_parquet(f"{out}/shards", storage_options=storage_options)
+
+
+def stacked(df: pd.DataFrame) -> np.ndarray:
+    return np.stack(df.sort_values(["spec_id", "sample_index"]).signal.map(np.stack))
 
 
 def assert_exactly_once(df: pd.DataFrame) -> None:
     pairs = Counter(zip(df.spec_id, df.sample_index))
     expected = {(0, i) for i in range(7)} | {(1, i) for i in range(5)} | {(3, i) for i in range(3)}
     assert set(pairs) == expected and set(pairs.values()) == {1}
+
+
+def wait_for(ready: Callable[[], bool], timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert time.monotonic() < deadline, "timed out waiting for the run to commit a shard"
+        time.sleep(0.1)
 
 
 def test_plan_is_deterministic_and_covers_every_sample_once():
@@ -97,23 +87,26 @@ def test_plan_is_deterministic_and_covers_every_sample_once():
     assert sample_seed(1, 3, 2) == int(Plan((7, 5, 0, 3), 1, 100).shard(0).seeds[-1])
 
 
-def test_bad_input_writes_nothing(tmp_path, manifest):
+def test_bad_input_writes_nothing(tmp_path, manifest, model_kw):
     bad = tmp_path / "bad.csv"
     bad.write_text("report,age\nx,500\n,20\n")
     out = tmp_path / "out"
     with pytest.raises(InputError, match=r"row 1: age='500'.*\n.*row 2: report"):
-        generate(str(bad), str(out), 4, sampler_factory=StandInFactory())
+        generate(str(bad), str(out), 4, **model_kw)
     with pytest.raises(InputError, match="--sampler"):
-        generate(manifest, str(out), sampler="euler", sampler_factory=StandInFactory())
+        generate(manifest, str(out), sampler="euler", **model_kw)
+    with pytest.raises(InputError, match="missing config.json"):  # the model is checked before any write
+        generate(manifest, str(out), **{**model_kw, "model": str(tmp_path / "no-model")})
     assert not out.exists()
 
 
-def test_generate_local_resume_and_rerun(ray_cluster, tmp_path, manifest):
+def test_generate_local_resume_and_rerun(ray_local, tiny_bundle, tmp_path, manifest, model_kw):
     import wfdb
 
+    from synthgen.pipeline import ECGPipeline
+
     out = str(tmp_path / "out")
-    kw = dict(seed=3, shard_size=4, batch_size=3, output_format="both", wfdb_fs=500, progress=False,
-              sampler_factory=StandInFactory())
+    kw = dict(seed=3, shard_size=4, batch_size=3, output_format="both", wfdb_fs=500, **model_kw)
     summary = generate(manifest, out, **kw)
     assert summary["shards_written"] == 4 and summary["samples_written"] == TOTAL
     df = read_rows(out)
@@ -121,12 +114,16 @@ def test_generate_local_resume_and_rerun(ray_cluster, tmp_path, manifest):
     assert table_signals(pq.read_table(f"{out}/shards/part-00000.parquet")).shape == (4, 12, 1024)
     row = df[(df.spec_id == 1) & (df.sample_index == 2)].iloc[0]
     assert list(row.reports) == ["sinus rhythm", "ventricular premature complexes"] and row.sex == "F"
-    assert row.seed == sample_seed(3, 1, 2) and row.model_hash == "stand-in" and row.fs == pytest.approx(102.4)
-    expected = np.random.default_rng(row.seed).standard_normal((12, 1024)).astype(np.float32) * 0.1 + 0.8
-    np.testing.assert_allclose(np.stack(row.signal), expected, rtol=1e-6)
+    assert row.seed == sample_seed(3, 1, 2) and row.model_hash == tiny_bundle.model_hash
+    assert row.fs == pytest.approx(102.4)
+    # the actor's sample is what the pipeline makes for that condition and seed (batch-mates aside)
+    alone = ECGPipeline.from_bundle(tiny_bundle.url)([Condition(tuple(row.reports), 55, "F", 80)], [int(row.seed)],
+                                                     steps=2)
+    np.testing.assert_allclose(np.stack(row.signal), alone[0], rtol=1e-4, atol=1e-5)
+    assert np.isfinite(stacked(df)).all()
     rec = wfdb.rdrecord(f"{out}/{row.wfdb_record}")
     assert rec.fs == 500 and rec.p_signal.shape == (5000, 12) and rec.sig_name[0] == "I"
-    assert "label: pvc" in rec.comments and "model_hash: stand-in" in rec.comments
+    assert "label: pvc" in rec.comments and f"model_hash: {tiny_bundle.model_hash}" in rec.comments
     assert (Path(out) / "_SUCCESS.json").exists() and (Path(out) / "plan.json").exists()
 
     # a finished run: the rerun writes nothing
@@ -134,56 +131,73 @@ def test_generate_local_resume_and_rerun(ray_cluster, tmp_path, manifest):
     again = generate(manifest, out, **kw)
     assert again["shards_written"] == 0 and {p: p.stat().st_mtime_ns for p in Path(out).rglob("*")} == mtimes
 
-    # a crashed run (two shards and the summary missing): only those two are written
-    for name in ("part-00001.parquet", "part-00003.parquet"):
+    # a crashed run (two shards and the summary missing): only those two are written, identical to before
+    lost = {name: pq.read_table(Path(out) / "shards" / name) for name in ("part-00001.parquet", "part-00003.parquet")}
+    for name in lost:
         (Path(out) / "shards" / name).unlink()
     (Path(out) / "_SUCCESS.json").unlink()
     resumed = generate(manifest, out, **kw)
     assert resumed["shards_written"] == 2 and resumed["shards_already_done"] == 2
     assert_exactly_once(read_rows(out))
+    for name, table in lost.items():
+        np.testing.assert_array_equal(table_signals(pq.read_table(Path(out) / "shards" / name)), table_signals(table))
     assert {p: p.stat().st_mtime_ns for p in (Path(out) / "shards").glob("part-0000[02].parquet")} == \
         {p: mtimes[p] for p in (Path(out) / "shards").glob("part-0000[02].parquet")}
 
-    # same inputs and seed into a new folder: identical samples
+    # same inputs and seed into a new folder with other shards and batches: the same samples
     other = str(tmp_path / "other")
-    generate(manifest, other, **{**kw, "output_format": "parquet", "wfdb_fs": None, "shard_size": 5})
-    a, b = (read_rows(o).sort_values(["spec_id", "sample_index"]) for o in (out, other))
-    np.testing.assert_array_equal(np.stack(a.signal.map(np.stack)), np.stack(b.signal.map(np.stack)))
+    generate(manifest, other, **{**kw, "output_format": "parquet", "wfdb_fs": None, "shard_size": 5, "batch_size": 2})
+    np.testing.assert_allclose(stacked(read_rows(other)), stacked(read_rows(out)), rtol=1e-4, atol=1e-5)
 
     with pytest.raises(InputError, match="different parameters.*seed"):
         generate(manifest, out, **{**kw, "seed": 4})
 
 
-def test_killed_actor_still_writes_every_sample_once(ray_cluster, tmp_path, manifest):
-    marker = tmp_path / "crashed"
-    out = str(tmp_path / "out")
-    summary = generate(manifest, out, shard_size=2, actors=2, progress=False,
-                       sampler_factory=StandInFactory(StandInSampler(crash_marker=str(marker))))
-    assert marker.exists() and summary["n_shards"] == 8
-    assert_exactly_once(read_rows(out))
-    assert sorted(p.name for p in (Path(out) / "shards").iterdir()) == [f"part-{k:05d}.parquet" for k in range(8)]
+def test_killed_actor_still_writes_every_sample_once(ray_local, tiny_bundle, tmp_path, manifest):
+    """SIGKILL the sampler actors' processes mid-run (an actor dying, as on OOM): Ray restarts them, their
+    shards are retried, and every sample is still written exactly once."""
+    from ray.util.state import list_actors
+
+    out = tmp_path / "out"
+    shards = out / "shards"
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(generate, manifest, str(out), model=tiny_bundle.url, steps=SLOW_STEPS, shard_size=1,
+                          actors=2, progress=False)
+        wait_for(lambda: run.done() or any(shards.glob("part-*.parquet")))
+        committed_at_kill = len(list(shards.glob("part-*.parquet")))
+        # Ray Data's actors are "MapWorker(MapBatches(ShardSampler))", unnamed (no handle to get): kill the
+        # process. The address picks our cluster when other Ray instances run on this host.
+        alive = list_actors(address=ray_local.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
+        victims = [a for a in alive
+                   if "ShardSampler" in a.class_name and a.pid]
+        for actor in victims:
+            os.kill(actor.pid, signal.SIGKILL)
+        summary = run.result(timeout=600)
+    assert victims and committed_at_kill < summary["n_shards"] == TOTAL, "the kill must land mid-run"
+    assert_exactly_once(read_rows(str(out)))
+    assert sorted(p.name for p in shards.iterdir() if not p.name.startswith(".")) == \
+        [f"part-{k:05d}.parquet" for k in range(TOTAL)]
 
 
-def test_s3_output_survives_a_server_restart(ray_cluster, s3_server, manifest):
+def test_s3_output_survives_a_server_restart(ray_local, tiny_bundle, s3_server, manifest):
     """Stop SeaweedFS mid-run: the run completes after retries or fails cleanly; a rerun then completes,
     every sample exactly once, readable with plain pandas from s3://."""
-    import threading
-
     import s3fs
 
     out, opts = f"s3://{s3_server.BUCKET}/run-restart", s3_server.storage_options
     client = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+    committed = lambda: len(client.glob(f"{out[5:]}/shards/part-*.parquet", refresh=True))  # noqa: E731
+    at_stop: list[int] = []
 
     def restart_after_first_shard() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not client.glob(f"{out[5:]}/shards/part-*.parquet", refresh=True):
-            time.sleep(0.2)
+        wait_for(lambda: committed() > 0)
+        at_stop.append(committed())
         s3_server.stop()
         time.sleep(1)
         s3_server.start()
 
-    kw = dict(shard_size=2, batch_size=1, storage_options=opts, progress=False,
-              sampler_factory=StandInFactory(StandInSampler(delay_s=0.3)))
+    kw = dict(model=tiny_bundle.url, steps=SLOW_STEPS, shard_size=1, batch_size=1, storage_options=opts,
+              progress=False)
     restarter = threading.Thread(target=restart_after_first_shard)
     restarter.start()
     try:
@@ -192,6 +206,7 @@ def test_s3_output_survives_a_server_restart(ray_cluster, s3_server, manifest):
         first = {"error": repr(e)}
     restarter.join()
     second = generate(manifest, out, **kw)
+    assert at_stop and at_stop[0] < TOTAL, "the restart must land mid-run"
     assert "error" in first or first["samples_written"] == TOTAL
     assert second["total_samples"] == TOTAL
     df = read_rows(out, opts)
@@ -200,25 +215,19 @@ def test_s3_output_survives_a_server_restart(ray_cluster, s3_server, manifest):
     assert client.exists(f"{out[5:]}/_SUCCESS.json") and client.exists(f"{out[5:]}/plan.json")
 
 
-def test_real_tiny_bundle_parquet_and_wfdb(ray_cluster, tmp_path, capsys):
-    """The production path (PipelineFactory → ECGPipeline) on a tiny random bundle."""
+def test_wfdb_only_run_commits_by_records_file(ray_local, tmp_path, manifest, model_kw, capsys):
     import wfdb
-    from test_bundle import save_tiny_bundle
 
-    model_hash = save_tiny_bundle(str(tmp_path / "bundle"), embedder_name="local", dim=384)
-    manifest = tmp_path / "m.csv"
-    manifest.write_text("report,age,sex,hr\natrial fibrillation,70,M,\n"
-                        "sinus rhythm | ventricular premature complexes,,F,80\n")
     out = tmp_path / "out"
-    summary = generate(str(manifest), str(out), 3, model=str(tmp_path / "bundle"), steps=2, shard_size=2,
-                       output_format="both")
-    assert summary["params"]["model_hash"] == model_hash and summary["samples_written"] == 3
-    assert "generated 3 ECGs" in capsys.readouterr().out
-    df = read_rows(str(out))
-    assert sorted(zip(df.spec_id, df.sample_index)) == [(0, 0), (0, 1), (1, 0)]
-    assert np.isfinite(np.stack(df.signal.map(np.stack))).all()
-    rec = wfdb.rdrecord(str(out / df.wfdb_record.iloc[0]))
+    kw = dict(shard_size=8, output_format="wfdb", **model_kw)
+    summary = generate(manifest, str(out), **{**kw, "progress": True})
+    assert summary["samples_written"] == TOTAL and f"generated {TOTAL} ECGs" in capsys.readouterr().out
+    names = [line for f in sorted(out.glob("wfdb/part-*/RECORDS")) for line in f.read_text().split()]
+    assert len(names) == TOTAL == len(set(names)) and not (out / "shards").exists()
+    rec = wfdb.rdrecord(str(out / "wfdb" / "part-00000" / names[0]))
     assert rec.p_signal.shape == (1024, 12) and rec.fs == pytest.approx(102.4)
+    assert np.isfinite(rec.p_signal).all()
+    assert generate(manifest, str(out), **kw)["shards_written"] == 0
 
 
 def test_ray_job_entry_point_takes_the_cli_arguments(tmp_path):
@@ -231,12 +240,3 @@ def test_ray_job_entry_point_takes_the_cli_arguments(tmp_path):
     proc = subprocess.run([sys.executable, str(script), "--manifest", str(bad), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "row 1: sex='Q'" in proc.stderr and not (tmp_path / "o").exists()
-
-
-def test_wfdb_only_run_commits_by_records_file(ray_cluster, tmp_path, manifest):
-    out = tmp_path / "out"
-    kw = dict(shard_size=8, output_format="wfdb", progress=False, sampler_factory=StandInFactory())
-    generate(manifest, str(out), **kw)
-    names = [line for f in sorted(out.glob("wfdb/part-*/RECORDS")) for line in f.read_text().split()]
-    assert len(names) == TOTAL == len(set(names)) and not (out / "shards").exists()
-    assert generate(manifest, str(out), **kw)["shards_written"] == 0

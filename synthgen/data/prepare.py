@@ -135,13 +135,9 @@ def _results(tasks: list[RecordTask], workers: int | None) -> Iterator[tuple[pa.
     Reuses a running Ray (``workers`` then caps the chunks in flight); otherwise starts one with
     ``workers`` CPUs and shuts it down afterwards.
     """
-    import ray
+    from synthgen.cluster import ray_session
 
-    own = not ray.is_initialized()
-    if own:
-        ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 object_store_memory=256 * 1024**2)
-    try:
+    with ray_session(workers) as ray:
         slots = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         size = max(1, min(MAX_CHUNK, -(-len(tasks) // (4 * slots))))
         chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
@@ -162,6 +158,3 @@ def _results(tasks: list[RecordTask], workers: int | None) -> Iterator[tuple[pa.
                 while yielded in done:
                     yield done.pop(yielded)
                     yielded += 1
-    finally:
-        if own:
-            ray.shutdown()

@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 
 from synthgen import __version__
+from synthgen.cluster import ray_session
 from synthgen.errors import InputError
 from synthgen.generate.manifest import Spec, read_manifest, sample_counts, specs_fingerprint
 from synthgen.generate.plan import Plan
-from synthgen.generate.sampler import PipelineFactory, SamplerFactory, ShardSampler
+from synthgen.generate.sampler import ShardSampler, model_hash
 from synthgen.generate.writers import SCHEMA_VERSION, Provenance, committed_shards
 from synthgen.io.paths import StorageOptions, join, read_json, resolve, write_json_atomic
 
@@ -59,23 +60,6 @@ def _claim_out(fs, root: str, plan_doc: dict) -> None:
         write_json_atomic(fs, path, plan_doc)
 
 
-def _connect_ray():
-    """Join a cluster (RAY_ADDRESS, set by `ray start` users and `ray job submit`) or start a local one.
-
-    Returns the module and whether we started Ray (then we also stop it). Local Ray gets twice the cores as
-    logical CPUs, so the actor pool plus Ray Data's own tasks cannot deadlock on a small machine.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return ray, False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address="auto")
-    else:
-        ray.init(num_cpus=max(4, 2 * (os.cpu_count() or 1)), include_dashboard=False)
-    return ray, True
-
-
 @contextlib.contextmanager
 def _data_context() -> Iterator[None]:
     """Quiet Ray Data's own progress bars while ours runs; restore the settings afterwards."""
@@ -110,19 +94,15 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
              steps: int = 50, guidance: float = 2.0, seed: int = 0, batch_size: int = 32,
              actors: int | None = None, shard_size: int = 256, output_format: str = "parquet",
              wfdb_fs: float | None = None, storage_options: StorageOptions = None, gpu: bool | None = None,
-             progress: bool = True, sampler_factory: SamplerFactory | None = None) -> dict:
-    """Generate ECGs for a manifest into ``out``; resumable and exactly-once per (spec, sample). Returns the summary.
-
-    ``sampler_factory`` swaps the model (tests use a stand-in); the default loads ``model`` into ECGPipeline.
-    """
+             progress: bool = True) -> dict:
+    """Generate ECGs for a manifest into ``out``; resumable and exactly-once per (spec, sample). Returns the summary."""
     _check_args(n, sampler, steps, guidance, seed, batch_size, actors, shard_size, output_format, wfdb_fs)
     specs = read_manifest(manifest, storage_options)
     counts = sample_counts(specs, n)
-    factory = sampler_factory or PipelineFactory()
     params = {
         "manifest_sha256": specs_fingerprint(specs),
         "counts_sha256": hashlib.sha256(json.dumps(counts).encode()).hexdigest(), "total": sum(counts),
-        "seed": seed, "model_hash": factory.model_hash(model, storage_options), "sampler": sampler,
+        "seed": seed, "model_hash": model_hash(model, storage_options), "sampler": sampler,
         "steps": steps, "guidance": float(guidance), "shard_size": shard_size, "output_format": output_format,
         "wfdb_fs": wfdb_fs, "synthgen_version": __version__, "schema": SCHEMA_VERSION,
     }
@@ -140,7 +120,7 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
     t0 = time.perf_counter()
     rows = []
     if pending:
-        rows = _run_pool(plan, pending, specs, factory, model=model, storage_options=storage_options, out=out,
+        rows = _run_pool(plan, pending, specs, model=model, storage_options=storage_options, out=out,
                          prov=Provenance(run_id, params["model_hash"], sampler, steps, float(guidance), __version__),
                          sample_kw=dict(sampler=sampler, steps=steps, guidance=float(guidance)),
                          batch_size=batch_size, output_format=output_format, wfdb_fs=wfdb_fs, actors=actors,
@@ -170,15 +150,14 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
     return summary
 
 
-def _run_pool(plan: Plan, pending: list[int], specs: list[Spec], factory: SamplerFactory, *, model: str | None,
+def _run_pool(plan: Plan, pending: list[int], specs: list[Spec], *, model: str | None,
               storage_options: StorageOptions, out: str, prov: Provenance, sample_kw: dict, batch_size: int,
               output_format: str, wfdb_fs: float | None, actors: int | None, gpu: bool | None, progress: bool,
               done_samples: int) -> list[dict]:
     """Run the pending shards through an actor pool; returns the per-shard summary rows."""
     from tqdm import tqdm
 
-    ray, started = _connect_ray()
-    try:
+    with ray_session() as ray:
         size, resources, device, threads = _actor_resources(ray, actors, gpu, len(pending))
         with _data_context(), tqdm(total=plan.total, initial=done_samples, unit="ECG", disable=not progress,
                                    smoothing=0.1, desc="generate") as bar:
@@ -189,7 +168,7 @@ def _run_pool(plan: Plan, pending: list[int], specs: list[Spec], factory: Sample
             ds = ds.map_batches(
                 ShardSampler, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size),
                 fn_constructor_kwargs=dict(
-                    factory=factory, model=model, storage_options=storage_options, out=out, plan=plan,
+                    model=model, storage_options=storage_options, out=out, plan=plan,
                     conditions=[s.condition for s in specs], labels=[s.label for s in specs], prov=prov,
                     batch_size=batch_size, output_format=output_format, wfdb_fs=wfdb_fs, device=device,
                     threads=threads, **sample_kw),
@@ -199,6 +178,3 @@ def _run_pool(plan: Plan, pending: list[int], specs: list[Spec], factory: Sample
                 rows.append(row)
                 bar.update(int(row["samples"]))
         return rows
-    finally:
-        if started:
-            ray.shutdown()

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-from typing import Callable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import numpy as np
 
@@ -20,45 +19,31 @@ from synthgen.generate.writers import (Provenance, commit_marker, parquet_bytes,
                                       write_wfdb_records)
 from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic
 
+if TYPE_CHECKING:
+    from synthgen.pipeline import ECGPipeline
+
 
 T = TypeVar("T")
 
 
-class Sampler(Protocol):
-    """What the actor needs from a model: ECGPipeline's call signature."""
+def model_hash(model: str | None, storage_options: StorageOptions) -> str:
+    """The bundle's hash, read on the driver before anything is written (loading also verifies the weights)."""
+    from synthgen.model.bundle import load_bundle
 
-    def __call__(self, conditions: list[Condition], seeds: list[int], sampler: str = "ddim", steps: int = 50,
-                 guidance: float = 2.0) -> np.ndarray: ...
-
-
-class SamplerFactory(Protocol):
-    """Loads a model into a Sampler (once per actor) and names its hash (on the driver, before any write)."""
-
-    def model_hash(self, model: str | None, storage_options: StorageOptions) -> str: ...
-
-    def __call__(self, model: str | None, storage_options: StorageOptions, *, device: str,
-                 threads: int | None) -> Sampler: ...
+    return load_bundle(model, storage_options=storage_options).model_hash
 
 
-@dataclass(frozen=True)
-class PipelineFactory:
-    """The production factory: the bundle at ``model`` (None = shipped) in an ECGPipeline."""
+def load_pipeline(model: str | None, storage_options: StorageOptions, *, device: str,
+                  threads: int | None) -> ECGPipeline:
+    """The bundle at ``model`` (None = shipped) in an ECGPipeline, once per actor; ``threads`` caps torch."""
+    import torch
 
-    def model_hash(self, model: str | None, storage_options: StorageOptions) -> str:
-        from synthgen.model.bundle import load_bundle
+    from synthgen.model.bundle import load_bundle
+    from synthgen.pipeline import ECGPipeline
 
-        return load_bundle(model, storage_options=storage_options).model_hash  # also verifies the weights
-
-    def __call__(self, model: str | None, storage_options: StorageOptions, *, device: str,
-                 threads: int | None) -> Sampler:
-        import torch
-
-        from synthgen.model.bundle import load_bundle
-        from synthgen.pipeline import ECGPipeline
-
-        if threads:
-            torch.set_num_threads(threads)
-        return ECGPipeline(load_bundle(model, storage_options=storage_options), device=device)
+    if threads:
+        torch.set_num_threads(threads)
+    return ECGPipeline(load_bundle(model, storage_options=storage_options), device=device)
 
 
 def with_retries(fn: Callable[[], T], attempts: int = 6, first_delay_s: float = 0.5) -> T:
@@ -74,11 +59,11 @@ def with_retries(fn: Callable[[], T], attempts: int = 6, first_delay_s: float = 
 class ShardSampler:
     """``map_batches`` UDF: a batch of shard ids in, one summary row per shard out."""
 
-    def __init__(self, *, factory: SamplerFactory, model: str | None, storage_options: StorageOptions,
-                 out: str, plan: Plan, conditions: list[Condition], labels: list[str | None], prov: Provenance,
-                 sampler: str, steps: int, guidance: float, batch_size: int, output_format: str,
-                 wfdb_fs: float | None, device: str, threads: int | None) -> None:
-        self.model = factory(model, storage_options, device=device, threads=threads)
+    def __init__(self, *, model: str | None, storage_options: StorageOptions, out: str, plan: Plan,
+                 conditions: list[Condition], labels: list[str | None], prov: Provenance, sampler: str,
+                 steps: int, guidance: float, batch_size: int, output_format: str, wfdb_fs: float | None,
+                 device: str, threads: int | None) -> None:
+        self.model = load_pipeline(model, storage_options, device=device, threads=threads)
         self.fs, self.root = resolve(out, storage_options)
         self.plan, self.conditions, self.labels, self.prov = plan, conditions, labels, prov
         self.sample_kw = dict(sampler=sampler, steps=steps, guidance=guidance)

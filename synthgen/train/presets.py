@@ -29,8 +29,8 @@ class TrainConfig:
     unet_model: dict[str, Any] = field(default_factory=dict)  # UNetConfig field overrides (cond_dim comes from the embedder)
     vae: StageConfig = field(default_factory=lambda: StageConfig(epochs=40, batch_size=64, lr=1e-3))
     diffusion: StageConfig = field(default_factory=lambda: StageConfig(epochs=150, batch_size=64, lr=5e-4))
-    kl_weight: float = 1e-3          # final λ of the monotonic KL annealing
-    kl_anneal_epochs: int = 10       # λ rises linearly from 0 over these epochs
+    kl_weight: float = 1e-3          # final λ of the monotonic KL annealing (KL per latent dimension)
+    kl_anneal_epochs: int = 5        # λ rises linearly from 0 over these epochs
     ema_decay: float = 0.999
     p_uncond: float = 0.1            # drop every condition (classifier-free guidance)
     p_drop_text: float = 0.05        # drop the report alone
@@ -55,8 +55,8 @@ class TrainConfig:
 def _small() -> TrainConfig:
     # A slimmer VAE than VAEConfig's default: ~100 ECG/s training on 2 cores (the default runs at ~40).
     return TrainConfig(preset="small", vae_model={"base_channels": 24, "n_res_blocks": 1},
-                       vae=StageConfig(epochs=30, batch_size=64, lr=1e-3),
-                       diffusion=StageConfig(epochs=100, batch_size=64, lr=5e-4))
+                       vae=StageConfig(epochs=25, batch_size=32, lr=2e-3),
+                       diffusion=StageConfig(epochs=80, batch_size=64, lr=5e-4))
 
 
 def _paper() -> TrainConfig:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from synthgen import __version__
+from synthgen.cluster import ray_session
 from synthgen.conditions.embedders import get_embedder
 from synthgen.conditions.patient import PatientStats
 from synthgen.errors import InputError
@@ -24,24 +25,6 @@ from synthgen.io.shards import read_shards
 from synthgen.train.presets import TrainConfig, get_preset
 
 STAGES = ("vae", "diffusion", "all")
-
-
-def _ensure_ray(workers: int, gpu: bool) -> None:
-    """Join a running cluster (RAY_ADDRESS) or start a local one with enough logical CPUs.
-
-    Logical CPUs above the core count keep Ray Data's read tasks from starving the training workers
-    (the 2-CPU deadlock in the stack notes).
-    """
-    import ray
-
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"])
-        else:
-            ray.init(num_cpus=max(4, (os.cpu_count() or 1) + 2))
-    import ray.data
-
-    ray.data.DataContext.get_current().enable_progress_bars = False  # epoch lines are the progress
 
 
 def _model_configs(tc: TrainConfig, text_dim: int) -> tuple[dict, dict]:
@@ -256,19 +239,23 @@ def train(stage: str, data: str, out: str, *, preset: str = "small", workers: in
     ages_hrs = read_shards(data, split="train", columns=["age", "hr"], storage_options=storage_options)
     stats = PatientStats.fit(ages_hrs["age"].to_numpy(zero_copy_only=False),
                              ages_hrs["hr"].to_numpy(zero_copy_only=False))
-    _ensure_ray(workers, gpu)
-    from synthgen.train.datasets import split_dataset
+    with ray_session():
+        from ray.data import DataContext
 
-    datasets = {s: split_dataset(data, s, stats, storage_options) for s in ("train", "val")}
-    ctx = {"tc": tc, "out": out, "data": data, "workers": workers, "gpu": gpu, "datasets": datasets,
-           "storage_options": storage_options, "vae_model": vae_model, "unet_model": unet_model,
-           "embedder": emb, "cache": cache, "stats": stats,
-           "dataset_info": read_json(fs, f"{data_path}/dataset.json"),
-           "command": command or f"synthgen train {stage} --data {data} --out {out} --preset {preset}"}
-    if stage in ("vae", "all"):
-        vae_info = _run_vae(ctx)
-        if stage == "vae":
-            return join(out, "vae")
-    else:
-        vae_info = read_json(fs_out, f"{out_path}/vae/vae.json")
-    return _run_diffusion(ctx, vae_info)
+        from synthgen.train.datasets import split_dataset
+
+        DataContext.get_current().enable_progress_bars = False  # the epoch lines are the progress
+
+        datasets = {s: split_dataset(data, s, stats, storage_options) for s in ("train", "val")}
+        ctx = {"tc": tc, "out": out, "data": data, "workers": workers, "gpu": gpu, "datasets": datasets,
+               "storage_options": storage_options, "vae_model": vae_model, "unet_model": unet_model,
+               "embedder": emb, "cache": cache, "stats": stats,
+               "dataset_info": read_json(fs, f"{data_path}/dataset.json"),
+               "command": command or f"synthgen train {stage} --data {data} --out {out} --preset {preset}"}
+        if stage in ("vae", "all"):
+            vae_info = _run_vae(ctx)
+            if stage == "vae":
+                return join(out, "vae")
+        else:
+            vae_info = read_json(fs_out, f"{out_path}/vae/vae.json")
+        return _run_diffusion(ctx, vae_info)
