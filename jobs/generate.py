@@ -1,12 +1,44 @@
-"""Entry point for `ray job submit … -- python jobs/generate.py --manifest … --out …`.
+"""Entry point for `ray job submit … -- python jobs/generate.py [--config FILE] [flags]`.
 
-It runs the `synthgen generate` command itself, so a submitted job takes exactly the CLI's arguments and
-exit codes (2 for bad input). Inside a job Ray sets RAY_ADDRESS, and `generate` joins that cluster.
+Takes the `synthgen generate` flags (same names, same exit code 2 for bad input) and/or a YAML config whose
+keys are the keyword arguments of `synthgen.generate.run.generate` (jobs/configs/generate.yaml). Inside a job
+Ray sets RAY_ADDRESS, and `generate` joins that cluster.
 """
 
-import sys
+from __future__ import annotations
 
-from synthgen.cli import app
+import argparse
+from collections.abc import Sequence
+
+import jobargs
+
+KEYS = ("manifest", "out", "n", "model", "sampler", "steps", "guidance", "seed", "batch_size", "actors",
+        "shard_size", "output_format", "wfdb_fs", "storage_options", "gpu", "progress")
+
+
+def parse_args(argv: Sequence[str]) -> dict:
+    """Config + flags → keyword arguments of `synthgen.generate.run.generate`."""
+    p = jobargs.new_parser("jobs/generate.py", "Generate synthetic ECGs for a manifest (see docs/generate.md).")
+    p.add_argument("--manifest", help="Condition specs (CSV or Parquet; local or s3://).")
+    p.add_argument("--out", help="Output folder or s3:// URL (every node must reach it).")
+    p.add_argument("--n", type=int, help="Total ECGs, spread over the manifest rows.")
+    p.add_argument("--model", help="Model bundle folder or URL (default: the shipped model).")
+    p.add_argument("--sampler", help="ddim, dpm++ or ddpm.")
+    p.add_argument("--steps", type=int, help="Denoising steps.")
+    p.add_argument("--guidance", type=float, help="Classifier-free guidance scale.")
+    p.add_argument("--seed", type=int, help="Run seed.")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="ECGs per forward pass in each actor.")
+    p.add_argument("--actors", type=int, help="Sampler actors (default: one per GPU, else per 2 CPUs).")
+    p.add_argument("--shard-size", dest="shard_size", type=int, help="ECGs per output shard.")
+    p.add_argument("--format", dest="output_format", choices=("parquet", "wfdb", "both"), help="Output format.")
+    p.add_argument("--wfdb-fs", dest="wfdb_fs", type=float, help="WFDB sampling rate in Hz.")
+    p.add_argument("--gpu", dest="gpu", action="store_const", const=True, help="One actor per GPU.")
+    p.add_argument("--cpu", dest="gpu", action="store_const", const=False, help="CPU actors even if GPUs exist.")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, help="Show the progress bar (default on).")
+    return jobargs.parse(p, argv, KEYS, required=("manifest", "out"))
+
 
 if __name__ == "__main__":
-    app(args=["generate", *sys.argv[1:]], prog_name="jobs/generate.py")
+    from synthgen.generate.run import generate
+
+    jobargs.main(parse_args, generate)

@@ -94,10 +94,12 @@ def _train(stage: str, data: str, out: str, preset: str, workers: int, gpu: bool
            cache: Optional[str], seed: int, storage_options: Optional[str]) -> None:
     import sys
 
+    from synthgen.io.paths import shown_command
     from synthgen.train.run import train
 
     url = _run(train, stage, data, out, preset=preset, workers=workers, gpu=gpu, embedder=embedder, cache=cache,
-               seed=seed, storage_options=_storage_options(storage_options), command="synthgen " + " ".join(sys.argv[1:]))
+               seed=seed, storage_options=_storage_options(storage_options),
+               command=shown_command("synthgen", sys.argv[1:]))
     typer.echo(url)
 
 
@@ -184,3 +186,47 @@ def manifest_minority(
 
     rows = _run(build_minority_manifest, data, label, out, split=split, storage_options=_storage_options(storage_options))
     typer.echo(f"{rows} condition specs → {out}")
+
+
+@train_app.command("encoder")
+def train_encoder(data: str = DataOpt,
+                  out: str = typer.Option(..., "--out", help="Encoder bundle folder or s3:// URL."),
+                  epochs: int = typer.Option(20, help="Training epochs (the best on the validation split is kept)."),
+                  embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt, seed: int = SeedOpt,
+                  storage_options: Optional[str] = StorageOpt) -> None:
+    """The Net1D ECG/report encoder (CLIP-style) that `synthgen evaluate` measures with."""
+    from synthgen.evaluate.encoder import train_encoder as run_train_encoder
+
+    model_hash = _run(run_train_encoder, data, out, epochs=epochs, embedder=embedder, cache=cache, seed=seed,
+                      storage_options=_storage_options(storage_options))
+    typer.echo(f"encoder {model_hash} → {out}")
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+@app.command()
+def evaluate(
+    real: str = typer.Option(..., help="Real training shards (from `synthgen prepare`)."),
+    generated: str = typer.Option(..., help="A `synthgen generate` output folder or URL."),
+    out: str = typer.Option(..., help="Folder for evaluation.json and report.html."),
+    encoder: str = typer.Option(..., help="Encoder bundle from `synthgen train encoder`."),
+    split: str = typer.Option("test", help="Real split the generated set is compared with."),
+    storage_options: Optional[str] = StorageOpt,
+) -> None:
+    """The benchmark: FID, precision/recall/F1, HR MAE, CLIP score, validity, memorisation — beside references."""
+    from synthgen.evaluate.run import evaluate as run_evaluate
+
+    _run(run_evaluate, real, generated, out, encoder=encoder, split=split,
+         storage_options=_storage_options(storage_options))
+
+
+@app.command()
+def plot(
+    src: str = typer.Option(..., help="A Parquet file/folder (training shards or generate output) or a WFDB "
+                                      "record path without extension."),
+    out: str = typer.Option(..., help="Image to write: .png or .pdf."),
+    row: int = typer.Option(0, help="Row of the Parquet data to draw."),
+) -> None:
+    """Draw one ECG on the standard 12-lead paper grid, captioned with its report and patient info."""
+    from synthgen.evaluate.plot import plot_source
+
+    _run(plot_source, src, out, row=row)

@@ -104,3 +104,12 @@ def test_train_is_killed_and_resumes_then_the_bundle_generates(ptbxl_shards, ray
     # a finished run is not trained again
     third = subprocess.run([*SYNTHGEN, "train", "all", *args], env=env, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and "already trained" in third.stdout
+
+
+def test_recorded_command_hides_storage_options():
+    from synthgen.io.paths import shown_command
+
+    argv = ["train", "all", "--storage-options", '{"key": "AKIA", "secret": "s"}', "--storage-options={\"k\": 1}"]
+    shown = shown_command("synthgen", argv)
+    assert "AKIA" not in shown and '"k"' not in shown
+    assert shown == "synthgen train all --storage-options … --storage-options=…"

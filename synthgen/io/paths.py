@@ -34,6 +34,13 @@ def resolve(url: str, storage_options: StorageOptions = None) -> tuple[fsspec.Ab
     return url_to_fs(url, **opts)
 
 
+def shown_command(prog: str, argv: list[str]) -> str:
+    """A command line fit to record (model cards, logs): any --storage-options value hidden, it may hold keys."""
+    shown = ["…" if prev == "--storage-options" else "--storage-options=…" if a.startswith("--storage-options=")
+             else a for prev, a in zip(["", *argv], argv)]
+    return " ".join([prog, *shown])
+
+
 def join(url: str, *parts: str) -> str:
     """Join path parts onto a local path or URL with '/'."""
     return "/".join([url.rstrip("/"), *[p.strip("/") for p in parts]])

@@ -82,8 +82,8 @@ def diffusion_worker(config: dict[str, Any]) -> None:
         eps_z = torch.randn(mu.shape, generator=generator).to(device)
         z0 = (mu + torch.exp(0.5 * logvar) * eps_z) * scale
         text = torch.from_numpy(embedder.embed(list(batch["prompt"]))).to(device)
-        patient = torch.from_numpy(batch["patient"]).to(device)
-        present = torch.from_numpy(batch["present"]).to(device)
+        patient = torch.tensor(batch["patient"]).to(device)
+        present = torch.tensor(batch["present"]).to(device)
         t = torch.randint(0, tc.num_timesteps, (len(x),), generator=generator).to(device)
         noise = torch.randn(z0.shape, generator=generator).to(device)
         a = alphas[t][:, None, None]

@@ -56,7 +56,7 @@ def _small() -> TrainConfig:
     # A slimmer VAE than VAEConfig's default: ~100 ECG/s training on 2 cores (the default runs at ~40).
     return TrainConfig(preset="small", vae_model={"base_channels": 24, "n_res_blocks": 1},
                        vae=StageConfig(epochs=25, batch_size=32, lr=2e-3),
-                       diffusion=StageConfig(epochs=80, batch_size=64, lr=5e-4))
+                       diffusion=StageConfig(epochs=50, batch_size=32, lr=5e-4))
 
 
 def _paper() -> TrainConfig:
