@@ -2,8 +2,7 @@
 
     python benchmarks/bench_generate.py [--model BUNDLE] [--n-fast 64] [--n-ddpm 4] [--json out.json]
 
-Without ``--model`` (and without a shipped model) it saves a *random* bundle with the default (shipped-size)
-VAE/U-Net configs: the speed is that of the real architecture, the ECGs are noise.
+Without ``--model`` it uses the shipped model. Local Ray with 4 logical CPUs, as `generate` starts it.
 """
 
 from __future__ import annotations
@@ -16,31 +15,9 @@ from pathlib import Path
 from synthgen.generate.run import generate
 
 
-def random_bundle(url: str) -> str:
-    """A bundle with default-size modules and random weights (the speed, not the quality, of the model)."""
-    from dataclasses import asdict
-
-    import torch
-
-    from synthgen.model.bundle import save_bundle
-    from synthgen.model.unet import UNet1D, UNetConfig
-    from synthgen.model.vae import VAE, VAEConfig
-
-    torch.manual_seed(0)
-    vae, unet = VAE(VAEConfig()), UNet1D(UNetConfig(cond_dim=384))
-    save_bundle(url, vae, unet, {
-        "vae": asdict(vae.cfg), "unet": asdict(unet.cfg), "latent_scale": 1.0,
-        "embedder": {"name": "local", "dim": 384},
-        "patient_stats": {"age_mean": 60.0, "age_std": 15.0, "hr_mean": 75.0, "hr_std": 15.0},
-        "noise": {"T": 1000, "beta_start": 0.00085, "beta_end": 0.012}, "data_fingerprint": "random",
-        "training": {"note": "random weights, benchmark only"},
-    }, "# random benchmark bundle\n")
-    return url
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="bundle folder or URL (default: shipped model, else a random one)")
+    ap.add_argument("--model", help="bundle folder or URL (default: the shipped model)")
     ap.add_argument("--n-fast", type=int, default=64, help="ECGs per DDIM-50 run")
     ap.add_argument("--n-ddpm", type=int, default=4, help="ECGs per DDPM-1000 run")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -49,17 +26,9 @@ def main() -> None:
 
     import ray
 
-    from synthgen.errors import InputError
-    from synthgen.model.bundle import shipped_bundle_url
-
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # local Ray as `generate` starts it
+    ray.init(num_cpus=4, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
-        if model is None:
-            try:
-                model = shipped_bundle_url()
-            except InputError:
-                model = random_bundle(f"{tmp}/random-bundle")
         manifest = Path(tmp) / "manifest.csv"
         manifest.write_text("report,age,sex,hr\natrial fibrillation,70,M,\nsinus rhythm,45,F,70\n")
         results = []
@@ -84,7 +53,7 @@ def main() -> None:
               f"| {r['sampling_ecg_per_s']:.2f} "
               f"| {100 * r['write_share']:.1f} % | {100 * r['not_sampling_share']:.0f} % |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model or "shipped-or-random", "runs": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"model": args.model or "shipped", "runs": results}, indent=2))
 
 
 if __name__ == "__main__":

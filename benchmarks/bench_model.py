@@ -4,9 +4,10 @@
   plus the VAE decode;
 - heart-rate error: for requested HR 60/80/100/120 bpm ("sinus rhythm", age 55, alternating sex), the HR
   measured on each generated ECG by the project's QRS detection (`synthgen.data.heart_rate`, XQRS on the
-  102.4 Hz signal upsampled ×5) against the requested HR, for the DDPM (1000 steps) and DDIM (50) samplers.
+  102.4 Hz signal upsampled ×5) against the requested HR, for each sampler:steps given.
 
 Usage: python benchmarks/bench_model.py [--model DIR] [--per-hr 8] [--threads 2]
+                                        [--samplers ddim:50,dpm++:50,ddpm:1000]
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="bundle folder or URL (default: shipped model)")
     ap.add_argument("--per-hr", type=int, default=8, help="ECGs per requested heart rate")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--samplers", default="ddim:50,dpm++:50,ddpm:1000", help="sampler:steps, comma-separated")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = ECGPipeline.from_bundle(args.model)
@@ -69,7 +71,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU",
         "model_hash": pipe.bundle.model_hash,
         "speed": [ms_per_step(pipe, 1), ms_per_step(pipe, 64)],
-        "hr": [hr_error(pipe, "ddim", 50, args.per_hr), hr_error(pipe, "ddpm", 1000, args.per_hr)],
+        "hr": [hr_error(pipe, name, int(steps), args.per_hr)
+               for name, steps in (item.split(":") for item in args.samplers.split(","))],
     }
     print(json.dumps(result, indent=2))
 

@@ -151,8 +151,9 @@ def generate(
     n: Optional[int] = typer.Option(None, help="Total ECGs, spread over rows by n/weight or evenly "
                                                "(default: the manifest's n column, else 1 per row)."),
     model: Optional[str] = typer.Option(None, help="Model bundle folder or URL (default: the shipped model)."),
-    sampler: str = typer.Option("ddim", help="ddim (fast), dpm++ (fast) or ddpm (the paper's ancestral sampler)."),
-    steps: int = typer.Option(50, help="Denoising steps (the paper's DDPM uses 1000)."),
+    sampler: str = typer.Option("ddpm", help="ddpm (ancestral, the paper's; follows the requested HR best), "
+                                             "ddim or dpm++ (deterministic). See docs/benchmarks.md."),
+    steps: int = typer.Option(100, help="Denoising steps (the paper's DDPM uses 1000)."),
     guidance: float = typer.Option(2.0, help="Classifier-free guidance scale (1 = none)."),
     seed: int = typer.Option(0, help="Run seed; each sample's seed derives from (seed, spec, index)."),
     batch_size: int = typer.Option(32, help="ECGs per forward pass in each actor."),

@@ -71,8 +71,8 @@ class ECGPipeline:
         return eps_uncond + guidance * (eps_cond - eps_uncond)
 
     @torch.inference_mode()
-    def __call__(self, conditions: Sequence[Condition], seeds: Sequence[int], sampler: str = "ddim",
-                 steps: int = 50, guidance: float = 2.0) -> np.ndarray:
+    def __call__(self, conditions: Sequence[Condition], seeds: Sequence[int], sampler: str = "ddpm",
+                 steps: int = 100, guidance: float = 2.0) -> np.ndarray:
         """float32 (B, 12, 1024) ECGs in mV. ``sampler="ddpm", steps=1000`` is the paper's sampler."""
         if len(conditions) != len(seeds):
             raise ValueError(f"{len(conditions)} conditions but {len(seeds)} seeds")

@@ -3,6 +3,7 @@ mid-run and resumed from its last checkpoint (tiny preset, local Ray)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -66,14 +67,15 @@ def _train(args: list[str], env: dict, log: Path) -> subprocess.Popen:
 
 
 def test_train_is_killed_and_resumes_then_the_bundle_generates(ptbxl_shards, ray_local, tmp_path):
-    """Kill `train vae` after its first checkpoint; the same command family then resumes, not restarts."""
+    """Kill `train vae` once Ray Train has recorded a checkpoint; `train all` then resumes it, not restarts."""
     out, cache = tmp_path / "run", tmp_path / "cache"
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
     args = ["--data", str(ptbxl_shards), "--out", str(out), "--preset", "tiny", "--cache", str(cache)]
 
     first = _train(["vae", *args], env, tmp_path / "first.log")
     deadline = time.time() + 300
-    while not list((out / "checkpoints" / "vae").glob("checkpoint_*")):
+    snapshot = out / "checkpoints" / "vae" / "checkpoint_manager_snapshot.json"  # what Ray Train resumes from
+    while not (snapshot.exists() and "checkpoint_" in snapshot.read_text()):
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         assert time.time() < deadline, "no checkpoint within 300 s"
         time.sleep(0.5)
@@ -83,10 +85,9 @@ def test_train_is_killed_and_resumes_then_the_bundle_generates(ptbxl_shards, ray
 
     second = _train(["all", *args], env, tmp_path / "second.log")
     assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
-    log = (tmp_path / "second.log").read_text()
-    assert "[vae] resumed from checkpoint" in log
-    resumed_step = int(log.split("[vae] resumed from checkpoint")[1].split("step ")[1].split()[0])
-    assert resumed_step >= get_preset("tiny").vae.checkpoint_every
+    # the resumed run started from the killed run's checkpoint, not from step 0
+    resumed = json.loads((out / "vae" / "vae.json").read_text())["resumed_at_steps"]
+    assert len(resumed) == 1 and resumed[0] >= get_preset("tiny").vae.checkpoint_every
 
     from synthgen.conditions.embedders import get_embedder
     from synthgen.conditions.spec import Condition

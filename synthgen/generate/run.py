@@ -90,8 +90,8 @@ def _actor_resources(ray, actors: int | None, gpu: bool | None, pending: int) ->
     return size, {"num_cpus": min(1.0, cpus / (2 * size))}, "cpu", threads
 
 
-def generate(manifest: str, out: str, n: int | None = None, *, model: str | None = None, sampler: str = "ddim",
-             steps: int = 50, guidance: float = 2.0, seed: int = 0, batch_size: int = 32,
+def generate(manifest: str, out: str, n: int | None = None, *, model: str | None = None, sampler: str = "ddpm",
+             steps: int = 100, guidance: float = 2.0, seed: int = 0, batch_size: int = 32,
              actors: int | None = None, shard_size: int = 256, output_format: str = "parquet",
              wfdb_fs: float | None = None, storage_options: StorageOptions = None, gpu: bool | None = None,
              progress: bool = True) -> dict:

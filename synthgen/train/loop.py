@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
@@ -29,6 +29,7 @@ class Progress:
     global_step: int = 0
     best_val: float = math.inf
     best_epoch: int = -1
+    resumed_at: list[int] = field(default_factory=list)  # global steps at which a killed run was resumed
 
 
 def world() -> tuple[int, int]:
@@ -87,6 +88,7 @@ def fit(
         for key, obj in stateful.items():
             obj.load_state_dict(saved[key])
         progress, best_weights = Progress(**saved["progress"]), saved["best"]
+        progress.resumed_at.append(progress.global_step)
         if rank == 0:
             print(f"[{name}] resumed from checkpoint: epoch {progress.epoch}, step {progress.global_step}", flush=True)
 

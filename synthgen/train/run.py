@@ -108,7 +108,8 @@ def _run_vae(ctx: dict) -> dict:
     info = {
         "vae_model": ctx["vae_model"], "latent_scale": scale, "best_val_loss": state["progress"]["best_val"],
         "best_epoch": state["progress"]["best_epoch"] + 1, "epochs": tc.vae.epochs,
-        "steps": state["progress"]["global_step"], "seconds": round(time.time() - started, 1),
+        "steps": state["progress"]["global_step"], "resumed_at_steps": state["progress"]["resumed_at"],
+        "seconds": round(time.time() - started, 1),
     }
     write_bytes_atomic(fs, f"{vae_dir}/vae.safetensors", _safetensors_bytes(state["best"]))
     write_json_atomic(fs, f"{vae_dir}/vae.json", info)
@@ -152,7 +153,8 @@ def _run_diffusion(ctx: dict, vae_info: dict) -> str:
         "preset": tc.preset, "config": tc.to_dict(), "data": ctx["data"], "dataset": ctx["dataset_info"],
         "vae": {k: v for k, v in vae_info.items() if k != "vae_model"},
         "diffusion": {"best_val_loss": progress["best_val"], "best_epoch": progress["best_epoch"] + 1,
-                      "epochs": tc.diffusion.epochs, "steps": progress["global_step"], "seconds": seconds},
+                      "epochs": tc.diffusion.epochs, "steps": progress["global_step"],
+                      "resumed_at_steps": progress["resumed_at"], "seconds": seconds},
         "workers": ctx["workers"], "gpu": ctx["gpu"], "torch": torch.__version__,
     }
     bundle_config = {

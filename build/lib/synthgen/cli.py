@@ -1,0 +1,232 @@
+"""The `synthgen` command: parses arguments and calls one library function per command, nothing else.
+
+Heavy libraries (torch, ray, diffusers) are imported inside the commands so `synthgen --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Optional
+
+import typer
+
+from synthgen.errors import InputError
+
+app = typer.Typer(help="Synthetic 12-lead ECGs from clinical reports and patient info, at batch scale.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+prepare_app = typer.Typer(help="Turn a PhysioNet dataset (WFDB + CSV) into training shards (Parquet).",
+                          no_args_is_help=True)
+train_app = typer.Typer(help="Train the VAE, then the latent diffusion model, with Ray Train.", no_args_is_help=True)
+manifest_app = typer.Typer(help="Build condition manifests for `synthgen generate`.", no_args_is_help=True)
+app.add_typer(prepare_app, name="prepare")
+app.add_typer(train_app, name="train")
+app.add_typer(manifest_app, name="manifest")
+
+
+def _storage_options(value: Optional[str]) -> Optional[dict]:
+    if not value:
+        return None
+    try:
+        opts = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--storage-options: expected a JSON object, got {value!r} ({e})") from e
+    if not isinstance(opts, dict):
+        raise InputError(f"--storage-options: expected a JSON object, got {value!r}")
+    return opts
+
+
+def _run(fn, *args, **kwargs):
+    """Call a library function; a user-fixable error becomes a message and exit code 2."""
+    try:
+        return fn(*args, **kwargs)
+    except InputError as e:
+        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from None
+
+
+StorageOpt = typer.Option(None, "--storage-options", help="JSON object passed to fsspec/s3fs (endpoint, key…).")
+
+
+# ---------------------------------------------------------------------------------------------- prepare
+@prepare_app.command("ptbxl")
+def prepare_ptbxl(
+    src: str = typer.Option(..., help="PTB-XL folder in PhysioNet's layout (ptbxl_database.csv, records100/…)."),
+    out: str = typer.Option(..., help="Output folder or s3:// URL for the shards."),
+    workers: Optional[int] = typer.Option(None, help="Parallel workers (default: all CPUs)."),
+    storage_options: Optional[str] = StorageOpt,
+) -> None:
+    from synthgen.data.prepare import prepare
+
+    _run(prepare, "ptbxl", src, out, workers=workers, storage_options=_storage_options(storage_options))
+
+
+@prepare_app.command("mimic-iv-ecg")
+def prepare_mimic(
+    src: str = typer.Option(..., help="MIMIC-IV-ECG folder (record_list.csv, machine_measurements.csv, files/…)."),
+    out: str = typer.Option(..., help="Output folder or s3:// URL for the shards."),
+    patients: Optional[str] = typer.Option(None, help="MIMIC-IV hosp/patients.csv(.gz) for age and sex."),
+    workers: Optional[int] = typer.Option(None, help="Parallel workers (default: all CPUs)."),
+    storage_options: Optional[str] = StorageOpt,
+) -> None:
+    from synthgen.data.prepare import prepare
+
+    _run(prepare, "mimic-iv-ecg", src, out, patients=patients, workers=workers,
+         storage_options=_storage_options(storage_options))
+
+
+@prepare_app.command("wfdb")
+def prepare_wfdb(
+    src: str = typer.Option(..., help="Folder of WFDB records (.hea/.dat), searched recursively."),
+    metadata: str = typer.Option(..., help="CSV/Parquet table: record, report(s), age, sex[, hr, patient_id]."),
+    out: str = typer.Option(..., help="Output folder or s3:// URL for the shards."),
+    workers: Optional[int] = typer.Option(None, help="Parallel workers (default: all CPUs)."),
+    storage_options: Optional[str] = StorageOpt,
+) -> None:
+    from synthgen.data.prepare import prepare
+
+    _run(prepare, "wfdb", src, out, metadata=metadata, workers=workers,
+         storage_options=_storage_options(storage_options))
+
+
+# ------------------------------------------------------------------------------------------------ train
+def _train(stage: str, data: str, out: str, preset: str, workers: int, gpu: bool, embedder: str,
+           cache: Optional[str], seed: int, storage_options: Optional[str]) -> None:
+    import sys
+
+    from synthgen.io.paths import shown_command
+    from synthgen.train.run import train
+
+    url = _run(train, stage, data, out, preset=preset, workers=workers, gpu=gpu, embedder=embedder, cache=cache,
+               seed=seed, storage_options=_storage_options(storage_options),
+               command=shown_command("synthgen", sys.argv[1:]))
+    typer.echo(url)
+
+
+DataOpt = typer.Option(..., "--data", help="Training shards from `synthgen prepare` (folder or s3:// URL).")
+OutOpt = typer.Option(..., "--out", help="Run folder or s3:// URL: checkpoints, the VAE, the model bundle.")
+PresetOpt = typer.Option("small", help="small (2-core CPU, <1 h), paper (GPU sizes) or tiny (smoke test).")
+WorkersOpt = typer.Option(1, help="Ray Train workers (DDP).")
+GpuOpt = typer.Option(False, "--gpu", help="Pin one GPU per worker.")
+EmbedderOpt = typer.Option("local", help="Text embedder: local (offline MiniLM) or openai[:model].")
+CacheOpt = typer.Option(None, help="Embedding cache folder or URL (default ~/.cache/synthgen/embeddings).")
+SeedOpt = typer.Option(0, help="Random seed.")
+
+
+@train_app.command("vae")
+def train_vae(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, workers: int = WorkersOpt,
+              gpu: bool = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
+              seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt) -> None:
+    """Stage 1: the VAE. Rerun the same command to resume after a kill."""
+    _train("vae", data, out, preset, workers, gpu, embedder, cache, seed, storage_options)
+
+
+@train_app.command("diffusion")
+def train_diffusion(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, workers: int = WorkersOpt,
+                    gpu: bool = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
+                    seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt) -> None:
+    """Stage 2: the latent diffusion model (needs the stage-1 VAE in --out). Writes OUT/bundle."""
+    _train("diffusion", data, out, preset, workers, gpu, embedder, cache, seed, storage_options)
+
+
+@train_app.command("all")
+def train_all(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, workers: int = WorkersOpt,
+              gpu: bool = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
+              seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt) -> None:
+    """Both stages; finished stages are skipped, a killed one resumes."""
+    _train("all", data, out, preset, workers, gpu, embedder, cache, seed, storage_options)
+
+
+# --------------------------------------------------------------------------------------------- generate
+class OutputFormat(str, Enum):
+    parquet = "parquet"
+    wfdb = "wfdb"
+    both = "both"
+
+
+@app.command()
+def generate(
+    manifest: str = typer.Option(..., help="Condition specs (CSV or Parquet; local or s3://). See docs/generate.md."),
+    out: str = typer.Option(..., help="Output folder or s3:// URL."),
+    n: Optional[int] = typer.Option(None, help="Total ECGs, spread over rows by n/weight or evenly "
+                                               "(default: the manifest's n column, else 1 per row)."),
+    model: Optional[str] = typer.Option(None, help="Model bundle folder or URL (default: the shipped model)."),
+    sampler: str = typer.Option("ddim", help="ddim (fast), dpm++ (fast) or ddpm (the paper's ancestral sampler)."),
+    steps: int = typer.Option(50, help="Denoising steps (the paper's DDPM uses 1000)."),
+    guidance: float = typer.Option(2.0, help="Classifier-free guidance scale (1 = none)."),
+    seed: int = typer.Option(0, help="Run seed; each sample's seed derives from (seed, spec, index)."),
+    batch_size: int = typer.Option(32, help="ECGs per forward pass in each actor."),
+    actors: Optional[int] = typer.Option(None, help="Sampler actors (default: one per GPU, else per 2 CPUs)."),
+    shard_size: int = typer.Option(256, help="ECGs per output shard (the unit of resume)."),
+    output_format: OutputFormat = typer.Option(OutputFormat.parquet, "--format", help="parquet, wfdb or both."),
+    wfdb_fs: Optional[float] = typer.Option(None, help="WFDB sampling rate (default 102.4 Hz; e.g. 500)."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="One actor per GPU, or CPU actors "
+                                                               "(default: GPUs if the Ray cluster has any)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    storage_options: Optional[str] = StorageOpt,
+) -> None:
+    """Sample ECGs for every condition spec of a manifest with Ray actors; resumable, exactly once."""
+    from synthgen.generate.run import generate as run_generate
+
+    _run(run_generate, manifest, out, n, model=model, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
+         batch_size=batch_size, actors=actors, shard_size=shard_size, output_format=output_format.value,
+         wfdb_fs=wfdb_fs, gpu=gpu, progress=progress, storage_options=_storage_options(storage_options))
+
+
+@manifest_app.command("minority")
+def manifest_minority(
+    data: str = typer.Option(..., help="Training shards from `synthgen prepare`."),
+    label: str = typer.Option(..., help="af, pvc or abnormal."),
+    out: str = typer.Option(..., help="Manifest to write (.csv or .parquet; local or s3://)."),
+    split: str = typer.Option("train", help="Split whose records' conditions are used."),
+    storage_options: Optional[str] = StorageOpt,
+) -> None:
+    """A manifest from the conditions of real minority-class records (as the paper augments)."""
+    from synthgen.generate.manifest import build_minority_manifest
+
+    rows = _run(build_minority_manifest, data, label, out, split=split, storage_options=_storage_options(storage_options))
+    typer.echo(f"{rows} condition specs → {out}")
+
+
+@train_app.command("encoder")
+def train_encoder(data: str = DataOpt,
+                  out: str = typer.Option(..., "--out", help="Encoder bundle folder or s3:// URL."),
+                  epochs: int = typer.Option(20, help="Training epochs (the best on the validation split is kept)."),
+                  embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt, seed: int = SeedOpt,
+                  storage_options: Optional[str] = StorageOpt) -> None:
+    """The Net1D ECG/report encoder (CLIP-style) that `synthgen evaluate` measures with."""
+    from synthgen.evaluate.encoder import train_encoder as run_train_encoder
+
+    model_hash = _run(run_train_encoder, data, out, epochs=epochs, embedder=embedder, cache=cache, seed=seed,
+                      storage_options=_storage_options(storage_options))
+    typer.echo(f"encoder {model_hash} → {out}")
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+@app.command()
+def evaluate(
+    real: str = typer.Option(..., help="Real training shards (from `synthgen prepare`)."),
+    generated: str = typer.Option(..., help="A `synthgen generate` output folder or URL."),
+    out: str = typer.Option(..., help="Folder for evaluation.json and report.html."),
+    encoder: str = typer.Option(..., help="Encoder bundle from `synthgen train encoder`."),
+    split: str = typer.Option("test", help="Real split the generated set is compared with."),
+    storage_options: Optional[str] = StorageOpt,
+) -> None:
+    """The benchmark: FID, precision/recall/F1, HR MAE, CLIP score, validity, memorisation — beside references."""
+    from synthgen.evaluate.run import evaluate as run_evaluate
+
+    _run(run_evaluate, real, generated, out, encoder=encoder, split=split,
+         storage_options=_storage_options(storage_options))
+
+
+@app.command()
+def plot(
+    src: str = typer.Option(..., help="A Parquet file/folder (training shards or generate output) or a WFDB "
+                                      "record path without extension."),
+    out: str = typer.Option(..., help="Image to write: .png or .pdf."),
+    row: int = typer.Option(0, help="Row of the Parquet data to draw."),
+) -> None:
+    """Draw one ECG on the standard 12-lead paper grid, captioned with its report and patient info."""
+    from synthgen.evaluate.plot import plot_source
+
+    _run(plot_source, src, out, row=row)

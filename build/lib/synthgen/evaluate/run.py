@@ -1,0 +1,251 @@
+"""`synthgen evaluate`: every figure for a generated set, each beside the same figure for real data.
+
+The reference is real vs real, computed in the same run with the same encoder: the validation split plays
+"generated" against the evaluated real split (test by default). A generated figure is only meaningful
+next to it: e.g. FID has no absolute scale, and HR "error" on real ECGs is the detector's own error.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synthgen.data.labels import labels_from_text
+from synthgen.errors import InputError
+from synthgen.evaluate import metrics as M
+from synthgen.evaluate.encoder import Encoder, load_encoder, prompts_of
+from synthgen.evaluate.plot import plot_ecg
+from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic, write_json_atomic
+from synthgen.io.shards import read_shards, signals
+
+SCHEMA = "evaluation-v1"
+REAL_COLUMNS = ["ecg_id", "signal", "reports", "hr", "af", "pvc", "abnormal"]
+N_STATEMENTS = 6   # most frequent report statements of the real split that get their own CLIP score
+N_EXAMPLES = 3     # generated ECGs drawn in the report
+METRICS = {  # key → (label, which way is better)
+    "fid": ("FID (encoder features)", "lower"),
+    "precision": ("precision (k=3)", "higher"),
+    "recall": ("recall (k=3)", "higher"),
+    "f1": ("F1", "higher"),
+    "hr_mae": ("HR MAE, requested vs measured (bpm)", "lower"),
+    "hr_unmeasured_share": ("share with no measurable HR", "lower"),
+    "clip_score": ("CLIP score (cosine)", "higher"),
+    "einthoven_iii_residual_mv": ("|III − (II − I)| (mV)", "lower"),
+    "einthoven_augmented_sum_mv": ("|aVR + aVL + aVF| (mV)", "lower"),
+    "nn_train_distance_ratio": ("nearest-train distance ÷ held-out's", "≈ 1"),
+    "memorisation_close_share": ("share closer to train than 5 % of held-out", "≈ 0.05"),
+}
+
+
+def read_generated(url: str, storage_options: StorageOptions = None) -> pa.Table:
+    """All rows of a `synthgen generate` output (``<url>/shards/part-*.parquet``)."""
+    fs, root = resolve(url, storage_options)
+    parts = sorted(fs.glob(join(root, "shards", "part-*.parquet")))
+    if not parts:
+        raise InputError(f"{url}: no generated shards (shards/part-*.parquet); is it a `synthgen generate` output?")
+    tables = []
+    for path in parts:
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f, columns=["ecg_id", "signal", "reports", "hr", "label"]))
+    return pa.concat_tables(tables)
+
+
+def _side(enc: Encoder, embedder: Any, x: np.ndarray, reports: list, requested_hr: np.ndarray,
+          masks: dict[str, np.ndarray], workers: int) -> dict[str, Any]:
+    """Everything computed on one evaluated set that does not need the other set."""
+    feats = enc.features(x)
+    text = enc.embed_text(embedder.embed(prompts_of(reports)))
+    clip = M.clip_scores(enc.embed_ecg(x), text)
+    measured = M.measure_hr(x, workers=workers)
+    return {"features": feats, "clip": clip, "clip_by_label": M.grouped_mean(clip, masks),
+            "hr_measured": measured, "hr_requested": requested_hr, "hr": M.hr_error(requested_hr, measured),
+            "einthoven": M.einthoven(x)}
+
+
+def _flat(pr: dict, side: dict, mem: dict, fid: float) -> dict[str, float]:
+    return {"fid": fid, **pr, "hr_mae": side["hr"]["mae"], "hr_unmeasured_share": side["hr"]["unmeasured_share"],
+            "clip_score": float(side["clip"].mean()),
+            "einthoven_iii_residual_mv": side["einthoven"]["iii_residual_mv"],
+            "einthoven_augmented_sum_mv": side["einthoven"]["augmented_sum_mv"],
+            "nn_train_distance_ratio": mem["ratio"], "memorisation_close_share": mem["close_share"]}
+
+
+def evaluate(real: str, generated: str, out: str, *, encoder: str, split: str = "test",
+             storage_options: StorageOptions = None) -> dict:
+    """Evaluate a generated set against the ``split`` of real shards; writes ``<out>/evaluation.json`` and
+    ``<out>/report.html``, prints the table, returns the evaluation dict."""
+    started = time.monotonic()
+    if split not in ("train", "val", "test"):
+        raise InputError(f"split must be train, val or test, got {split!r}")
+    ref_split = "test" if split == "val" else "val"
+    enc = load_encoder(encoder, storage_options)
+    embedder = enc.text_embedder()
+    target = read_shards(real, split, REAL_COLUMNS, storage_options)
+    ref = read_shards(real, ref_split, REAL_COLUMNS, storage_options)
+    train = read_shards(real, "train", ["signal"], storage_options)
+    gen = read_generated(generated, storage_options)
+    for name, t in ((f"real {split} split", target), (f"real {ref_split} split", ref), ("real train split", train),
+                    ("generated set", gen)):
+        if t.num_rows < 5:
+            raise InputError(f"{name} has {t.num_rows} ECGs; at least 5 are needed (k=3 neighbours)")
+
+    target_reports = target.column("reports").to_pylist()
+    counts = Counter(s for r in target_reports for s in dict.fromkeys(r or []))
+    statements = [s for s, _ in counts.most_common(N_STATEMENTS)]
+    gen_reports = gen.column("reports").to_pylist()
+    ref_reports = ref.column("reports").to_pylist()
+    ref_masks = {k: ref.column(k).to_numpy(zero_copy_only=False).astype(bool) for k in ("af", "pvc", "abnormal")}
+    ref_masks = {**ref_masks, "normal": ~ref_masks["abnormal"],
+                 **{s: np.array([s in (r or []) for r in ref_reports], bool) for s in statements}}
+    gen_masks = M.label_masks(gen_reports, labels_from_text, statements)
+
+    workers = min(os.cpu_count() or 1, 8) if gen.num_rows + ref.num_rows >= 400 else 1  # pools cost ~1 s to start
+    x_gen = signals(gen)
+    gen_hr = gen.column("hr").to_numpy(zero_copy_only=False).astype(np.float64)
+    g = _side(enc, embedder, x_gen, gen_reports, gen_hr, gen_masks, workers)
+    r = _side(enc, embedder, signals(ref), ref_reports,
+              ref.column("hr").to_numpy(zero_copy_only=False).astype(np.float64), ref_masks, workers)
+    f_target, f_train = enc.features(signals(target)), enc.features(signals(train))
+
+    mem_g = M.memorisation(f_train, g["features"], f_target)
+    mem_r = M.memorisation(f_train, r["features"], f_target)
+    flat_g = _flat(M.precision_recall(f_target, g["features"]), g, mem_g, M.fid(f_target, g["features"]))
+    flat_r = _flat(M.precision_recall(f_target, r["features"]), r, mem_r, M.fid(f_target, r["features"]))
+    result = {
+        "schema": SCHEMA, "real": real, "generated": generated, "split": split, "reference_split": ref_split,
+        "encoder": {"url": encoder, "model_hash": enc.model_hash, "embedder": enc.config["embedder"]["name"]},
+        "counts": {"generated": gen.num_rows, "real": target.num_rows, "reference": ref.num_rows,
+                   "train": train.num_rows},
+        "metrics": {k: {"generated": flat_g[k], "reference": flat_r[k], "better": METRICS[k][1]} for k in METRICS},
+        "clip_by_label": {k: {"generated": g["clip_by_label"][k]["mean"], "n_generated": g["clip_by_label"][k]["n"],
+                              "reference": r["clip_by_label"][k]["mean"], "n_reference": r["clip_by_label"][k]["n"]}
+                          for k in gen_masks},
+        "hr": {"generated": g["hr"], "reference": r["hr"]},
+        "einthoven": {"generated": g["einthoven"], "reference": r["einthoven"]},
+        "memorisation": {"generated": mem_g, "reference": mem_r},
+    }
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    fs, root = resolve(out, storage_options)
+    write_json_atomic(fs, join(root, "evaluation.json"), _json_safe(result))
+    write_bytes_atomic(fs, join(root, "report.html"), _html(result, g, r, x_gen, gen).encode())
+    print(format_table(result), flush=True)
+    return result
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN → null (strict JSON readers refuse NaN)."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def format_table(result: dict) -> str:
+    """Plain-text table: each generated figure beside its real-vs-real reference."""
+    width = max(len(label) for label, _ in METRICS.values())
+    lines = [f"{'metric':<{width}}  {'generated':>10}  {'reference':>10}  better",
+             f"{'':<{width}}  {'(n=' + str(result['counts']['generated']) + ')':>10}  "
+             f"{'(' + result['reference_split'] + ')':>10}"]
+    for key, (label, better) in METRICS.items():
+        m = result["metrics"][key]
+        lines.append(f"{label:<{width}}  {m['generated']:>10.4g}  {m['reference']:>10.4g}  {better}")
+    return "\n".join(lines)
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _hr_plot(g: dict, r: dict) -> str:
+    """Requested vs measured HR (paper Fig. 2A), generated and the real reference."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for side, name, style in ((r, "real (reference)", dict(marker="+", color="tab:gray")),
+                              (g, "generated", dict(marker="o", facecolors="none", edgecolors="tab:red"))):
+        ax.scatter(side["hr_requested"], side["hr_measured"], s=14, label=name, **style)
+    ax.plot([30, 180], [30, 180], "k--", lw=0.8)
+    ax.set_xlabel("requested HR (bpm)")
+    ax.set_ylabel("measured HR (bpm)")
+    ax.legend()
+    return _png(fig)
+
+
+def _clip_plot(result: dict) -> str:
+    import matplotlib.pyplot as plt
+
+    labels = list(result["clip_by_label"])
+    vals = result["clip_by_label"]
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))
+    for off, side, color in ((-0.2, "generated", "tab:red"), (0.2, "reference", "tab:gray")):
+        ax.bar(x + off, [np.nan_to_num(vals[k][side]) for k in labels], 0.4, label=side, color=color)
+    ax.set_xticks(x, [k if len(k) < 22 else k[:20] + "…" for k in labels], rotation=30, ha="right")
+    ax.set_ylabel("CLIP score")
+    ax.legend()
+    return _png(fig)
+
+
+def _examples(x_gen: np.ndarray, gen: pa.Table) -> list[tuple[str, str]]:
+    rows = gen.slice(0, N_EXAMPLES).to_pydict()
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(min(N_EXAMPLES, len(x_gen))):
+            caption = f"{rows['ecg_id'][i]}  hr={rows['hr'][i]}  —  {' | '.join(rows['reports'][i] or [])}"
+            path = os.path.join(tmp, f"{i}.png")
+            plot_ecg(x_gen[i], path, caption=caption)
+            with open(path, "rb") as f:
+                out.append((caption, base64.b64encode(f.read()).decode()))
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return "—" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4g}"
+
+
+def _html(result: dict, g: dict, r: dict, x_gen: np.ndarray, gen: pa.Table) -> str:
+    """A self-contained page: the table, the HR scatter, per-label CLIP bars, example ECGs (inline PNGs)."""
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(label)}</td><td>{_fmt(result['metrics'][k]['generated'])}</td>"
+                   f"<td>{_fmt(result['metrics'][k]['reference'])}</td><td>{e(better)}</td></tr>"
+                   for k, (label, better) in METRICS.items())
+    clip_rows = "".join(f"<tr><td>{e(k)}</td><td>{_fmt(v['generated'])} (n={v['n_generated']})</td>"
+                        f"<td>{_fmt(v['reference'])} (n={v['n_reference']})</td></tr>"
+                        for k, v in result["clip_by_label"].items())
+    examples = "".join(f"<figure><img src='data:image/png;base64,{b64}' style='width:100%'>"
+                       f"<figcaption>{e(cap)}</figcaption></figure>" for cap, b64 in _examples(x_gen, gen))
+    c = result["counts"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>synthgen evaluation</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td,th{{padding:2px 10px;border-bottom:1px solid #ddd}}
+td:nth-child(n+2){{text-align:right}}</style></head><body>
+<h1>synthgen evaluation</h1>
+<p>generated: <code>{e(result['generated'])}</code> ({c['generated']} ECGs) against real
+<code>{e(result['real'])}</code>
+{e(result['split'])} split ({c['real']} ECGs). Reference = real {e(result['reference_split'])} split
+({c['reference']} ECGs) scored the same way. Encoder <code>{e(result['encoder']['url'])}</code>
+(sha256 {result['encoder']['model_hash'][:12]}…), memorisation against {c['train']} training ECGs.</p>
+<table><tr><th>metric</th><th>generated</th><th>reference</th><th>better</th></tr>{rows}</table>
+<h2>Heart rate: requested vs measured</h2><img src="data:image/png;base64,{_hr_plot(g, r)}">
+<h2>CLIP score by label</h2><img src="data:image/png;base64,{_clip_plot(result)}">
+<table><tr><th>label</th><th>generated</th><th>reference</th></tr>{clip_rows}</table>
+<h2>Example generated ECGs</h2>{examples}
+</body></html>
+"""

@@ -1,0 +1,180 @@
+"""`synthgen generate`: sample ECGs for every manifest row with a pool of Ray actors, exactly once, resumably.
+
+Order of events: validate arguments and every manifest row → hash the model → write/compare ``plan.json``
+→ list committed shards → Ray Data ``map_batches`` over the pending shard ids (actor pool) → verify every
+shard is committed → write ``_SUCCESS.json``. See docs/generate.md for why each step is there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+from synthgen import __version__
+from synthgen.cluster import ray_session
+from synthgen.errors import InputError
+from synthgen.generate.manifest import Spec, read_manifest, sample_counts, specs_fingerprint
+from synthgen.generate.plan import Plan
+from synthgen.generate.sampler import ShardSampler, model_hash
+from synthgen.generate.writers import SCHEMA_VERSION, Provenance, committed_shards
+from synthgen.io.paths import StorageOptions, join, read_json, resolve, write_json_atomic
+
+SAMPLERS = ("ddpm", "ddim", "dpm++")
+FORMATS = ("parquet", "wfdb", "both")
+
+
+def _check_args(n: int | None, sampler: str, steps: int, guidance: float, seed: int, batch_size: int,
+                actors: int | None, shard_size: int, output_format: str, wfdb_fs: float | None) -> None:
+    problems = [msg for bad, msg in (
+        (n is not None and n < 0, f"--n={n}: expected a non-negative integer"),
+        (sampler not in SAMPLERS, f"--sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}"),
+        (steps < 1, f"--steps={steps}: expected a positive integer"),
+        (not math.isfinite(guidance) or guidance < 0, f"--guidance={guidance}: expected a number >= 0"),
+        (seed < 0, f"--seed={seed}: expected a non-negative integer"),
+        (batch_size < 1, f"--batch-size={batch_size}: expected a positive integer"),
+        (actors is not None and actors < 1, f"--actors={actors}: expected a positive integer"),
+        (shard_size < 1, f"--shard-size={shard_size}: expected a positive integer"),
+        (output_format not in FORMATS, f"--format={output_format!r}: expected one of {', '.join(FORMATS)}"),
+        (wfdb_fs is not None and not 0 < wfdb_fs <= 10_000, f"--wfdb-fs={wfdb_fs}: expected a rate in Hz, 0-10000"),
+    ) if bad]
+    if problems:
+        raise InputError("; ".join(problems))
+
+
+def _claim_out(fs, root: str, plan_doc: dict) -> None:
+    """Write plan.json, or check that the one already there describes the same run (never mix two runs)."""
+    path = join(root, "plan.json")
+    if fs.exists(path):
+        old = read_json(fs, path).get("params", {})
+        diff = sorted(k for k in set(old) | set(plan_doc["params"]) if old.get(k) != plan_doc["params"].get(k))
+        if diff:
+            raise InputError(f"{path} belongs to a run with different parameters ({', '.join(diff)}): "
+                             "use a new --out, or the same parameters to resume that run")
+    else:
+        write_json_atomic(fs, path, plan_doc)
+
+
+@contextlib.contextmanager
+def _data_context() -> Iterator[None]:
+    """Quiet Ray Data's own progress bars while ours runs; restore the settings afterwards."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved = ctx.enable_progress_bars, ctx.print_on_execution_start
+    ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars, ctx.print_on_execution_start = saved
+
+
+def _actor_resources(ray, actors: int | None, gpu: bool | None, pending: int) -> tuple[int, dict, str, int | None]:
+    """(pool size, per-actor resources, device, torch threads): one actor per GPU, else CPU actors."""
+    res = ray.cluster_resources()
+    gpus, cpus = int(res.get("GPU", 0)), float(res.get("CPU", 1))
+    use_gpu = gpus > 0 if gpu is None else gpu
+    if use_gpu and gpus == 0:
+        raise InputError("--gpu: the Ray cluster has no GPUs")
+    size = max(1, min(actors or (gpus if use_gpu else int(cpus) // 2), pending))
+    if use_gpu:
+        return size, {"num_gpus": 1, "num_cpus": 1}, "cuda", None
+    # fractional CPUs: half the logical CPUs stay free for Ray Data's own tasks (the 2-CPU deadlock);
+    # torch threads share this host's cores (a local Ray has twice as many logical CPUs as cores)
+    threads = max(1, min(os.cpu_count() or 1, int(cpus)) // size)
+    return size, {"num_cpus": min(1.0, cpus / (2 * size))}, "cpu", threads
+
+
+def generate(manifest: str, out: str, n: int | None = None, *, model: str | None = None, sampler: str = "ddim",
+             steps: int = 50, guidance: float = 2.0, seed: int = 0, batch_size: int = 32,
+             actors: int | None = None, shard_size: int = 256, output_format: str = "parquet",
+             wfdb_fs: float | None = None, storage_options: StorageOptions = None, gpu: bool | None = None,
+             progress: bool = True) -> dict:
+    """Generate ECGs for a manifest into ``out``; resumable and exactly-once per (spec, sample). Returns the summary."""
+    _check_args(n, sampler, steps, guidance, seed, batch_size, actors, shard_size, output_format, wfdb_fs)
+    specs = read_manifest(manifest, storage_options)
+    counts = sample_counts(specs, n)
+    params = {
+        "manifest_sha256": specs_fingerprint(specs),
+        "counts_sha256": hashlib.sha256(json.dumps(counts).encode()).hexdigest(), "total": sum(counts),
+        "seed": seed, "model_hash": model_hash(model, storage_options), "sampler": sampler,
+        "steps": steps, "guidance": float(guidance), "shard_size": shard_size, "output_format": output_format,
+        "wfdb_fs": wfdb_fs, "synthgen_version": __version__, "schema": SCHEMA_VERSION,
+    }
+    run_id = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    plan = Plan(tuple(counts), seed, shard_size)
+    fs, root = resolve(out, storage_options)
+    _claim_out(fs, root, {"run_id": run_id, "params": params, "manifest": manifest, "n_shards": plan.n_shards,
+                          "created": datetime.now(timezone.utc).isoformat()})
+    done = committed_shards(fs, root, output_format)
+    pending = [k for k in range(plan.n_shards) if k not in done]
+    summary_path = join(root, "_SUCCESS.json")
+    if not pending and fs.exists(summary_path):
+        return {**read_json(fs, summary_path), "shards_written": 0, "samples_written": 0}
+
+    t0 = time.perf_counter()
+    rows = []
+    if pending:
+        rows = _run_pool(plan, pending, specs, model=model, storage_options=storage_options, out=out,
+                         prov=Provenance(run_id, params["model_hash"], sampler, steps, float(guidance), __version__),
+                         sample_kw=dict(sampler=sampler, steps=steps, guidance=float(guidance)),
+                         batch_size=batch_size, output_format=output_format, wfdb_fs=wfdb_fs, actors=actors,
+                         gpu=gpu, progress=progress,
+                         done_samples=plan.total - sum(plan.shard_sizes()[k] for k in pending))
+    wall = time.perf_counter() - t0
+    missing = sorted(set(range(plan.n_shards)) - committed_shards(fs, root, output_format))
+    if missing:
+        raise RuntimeError(f"{len(missing)} shard(s) not committed after the run (first: {missing[:5]}); rerun "
+                           "the same command to write only those")
+    written = [r for r in rows if r["written"]]
+    sample_s, write_s = sum(r["sample_s"] for r in written), sum(r["write_s"] for r in written)
+    samples_written = sum(r["samples"] for r in written)
+    summary = {
+        "run_id": run_id, "out": out, "params": params, "total_samples": plan.total, "n_shards": plan.n_shards,
+        "shards_written": len(written), "shards_already_done": len(done), "samples_written": samples_written,
+        "wall_s": round(wall, 3), "ecg_per_s": round(samples_written / wall, 3) if wall > 0 else None,
+        "actor_sample_s": round(sample_s, 3), "actor_write_s": round(write_s, 3),
+        "write_share": round(write_s / (sample_s + write_s), 4) if written else None,
+        "hosts": sorted({r["host"] for r in rows}), "finished": datetime.now(timezone.utc).isoformat(),
+    }
+    write_json_atomic(fs, summary_path, summary)
+    if progress:
+        print(f"generated {samples_written} ECGs in {wall:.1f} s ({summary['ecg_per_s']} ECG/s; "
+              f"{len(done)} shard(s) were already done); writing took {100 * (summary['write_share'] or 0):.1f} % "
+              f"of actor time → {out}")
+    return summary
+
+
+def _run_pool(plan: Plan, pending: list[int], specs: list[Spec], *, model: str | None,
+              storage_options: StorageOptions, out: str, prov: Provenance, sample_kw: dict, batch_size: int,
+              output_format: str, wfdb_fs: float | None, actors: int | None, gpu: bool | None, progress: bool,
+              done_samples: int) -> list[dict]:
+    """Run the pending shards through an actor pool; returns the per-shard summary rows."""
+    from tqdm import tqdm
+
+    with ray_session() as ray:
+        size, resources, device, threads = _actor_resources(ray, actors, gpu, len(pending))
+        with _data_context(), tqdm(total=plan.total, initial=done_samples, unit="ECG", disable=not progress,
+                                   smoothing=0.1, desc="generate") as bar:
+            ds = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))
+            # A killed actor is restarted and its shard retried by Ray Data's actor-pool defaults
+            # (max_restarts=-1, max_task_retries=-1); setting them goes through **ray_remote_args, deprecated
+            # in Ray 2.60 and removed in 2.64, so we rely on the defaults (tested by killing an actor).
+            ds = ds.map_batches(
+                ShardSampler, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size),
+                fn_constructor_kwargs=dict(
+                    model=model, storage_options=storage_options, out=out, plan=plan,
+                    conditions=[s.condition for s in specs], labels=[s.label for s in specs], prov=prov,
+                    batch_size=batch_size, output_format=output_format, wfdb_fs=wfdb_fs, device=device,
+                    threads=threads, **sample_kw),
+                **resources)
+            rows = []
+            for row in ds.iter_rows():
+                rows.append(row)
+                bar.update(int(row["samples"]))
+        return rows

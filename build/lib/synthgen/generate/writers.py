@@ -1,0 +1,152 @@
+"""Output files of `synthgen generate`: the Parquet shard schema (docs/schema-outputs.md) and WFDB records.
+
+The signal is stored as nested fixed-size lists (12 × 1024 float32), so plain pandas/pyarrow readers get the
+shape without Ray's tensor extension type — the same layout as the training shards.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synthgen.conditions.spec import Condition
+from synthgen.ecg import FS, LEADS, N_LEADS, N_SAMPLES
+from synthgen.generate.plan import shard_name
+from synthgen.io.paths import join, write_bytes_atomic
+
+_PART = re.compile(r"part-(\d+)")
+SCHEMA_VERSION = "generated-v1"
+REPORT_SEP = " | "
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        pa.field("ecg_id", pa.string(), nullable=False),
+        pa.field("signal", pa.list_(pa.list_(pa.float32(), N_SAMPLES), N_LEADS), nullable=False),
+        pa.field("reports", pa.list_(pa.string()), nullable=False),
+        pa.field("report_text", pa.string(), nullable=False),
+        pa.field("age", pa.float64()),
+        pa.field("sex", pa.string()),
+        pa.field("hr", pa.float64()),
+        pa.field("label", pa.string()),
+        pa.field("spec_id", pa.int64(), nullable=False),
+        pa.field("sample_index", pa.int64(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("model_hash", pa.string(), nullable=False),
+        pa.field("sampler", pa.string(), nullable=False),
+        pa.field("steps", pa.int32(), nullable=False),
+        pa.field("guidance", pa.float64(), nullable=False),
+        pa.field("synthgen_version", pa.string(), nullable=False),
+        pa.field("fs", pa.float64(), nullable=False),
+        pa.field("wfdb_record", pa.string()),
+    ],
+    metadata={"synthgen.schema": SCHEMA_VERSION, "synthgen.leads": ",".join(LEADS)},
+)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Per-run facts stamped on every row and WFDB header."""
+
+    run_id: str
+    model_hash: str
+    sampler: str
+    steps: int
+    guidance: float
+    synthgen_version: str
+
+
+def commit_marker(shard: int, output_format: str) -> str:
+    """The file whose presence means the shard is complete (written last): its Parquet file, or for
+    WFDB-only runs the record folder's RECORDS list."""
+    name = shard_name(shard)
+    return f"wfdb/{name}/RECORDS" if output_format == "wfdb" else f"shards/{name}.parquet"
+
+
+def committed_shards(fs: fsspec.AbstractFileSystem, root: str, output_format: str) -> set[int]:
+    """Shards already complete under ``root`` (one listing, bypassing s3fs's listing cache)."""
+    fs.invalidate_cache()
+    pattern = join(root, commit_marker(0, output_format).replace(shard_name(0), "part-*"))
+    return {int(m[1]) for p in fs.glob(pattern) if (m := _PART.search(p))}
+
+
+def record_name(spec_id: int, index: int) -> str:
+    """WFDB-safe, unique per (spec, sample) and stable across reruns; also the row's ``ecg_id``."""
+    return f"s{spec_id:06d}_{index:06d}"
+
+
+def shard_table(signals: np.ndarray, conditions: list[Condition], labels: list[str | None], spec_ids: np.ndarray,
+                indices: np.ndarray, seeds: np.ndarray, prov: Provenance, wfdb_dir: str | None) -> pa.Table:
+    """One shard's rows. ``wfdb_dir`` is the records' folder relative to the output root, or None."""
+    n = len(conditions)
+    if signals.shape != (n, N_LEADS, N_SAMPLES):
+        raise ValueError(f"sampler returned {signals.shape}, expected ({n}, {N_LEADS}, {N_SAMPLES})")
+    flat = pa.array(np.ascontiguousarray(signals, dtype=np.float32).reshape(-1))
+    signal = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(flat, N_SAMPLES), N_LEADS)
+    names = [record_name(int(s), int(i)) for s, i in zip(spec_ids, indices)]
+    columns = {
+        "ecg_id": names,
+        "signal": signal,
+        "reports": [list(c.reports) for c in conditions],
+        "report_text": [REPORT_SEP.join(c.reports) for c in conditions],
+        "age": [c.age for c in conditions],
+        "sex": [c.sex for c in conditions],
+        "hr": [c.hr for c in conditions],
+        "label": labels,
+        "spec_id": spec_ids, "sample_index": indices, "seed": seeds,
+        "run_id": [prov.run_id] * n, "model_hash": [prov.model_hash] * n, "sampler": [prov.sampler] * n,
+        "steps": [prov.steps] * n, "guidance": [prov.guidance] * n,
+        "synthgen_version": [prov.synthgen_version] * n, "fs": [FS] * n,
+        "wfdb_record": [f"{wfdb_dir}/{name}" for name in names] if wfdb_dir else [None] * n,
+    }
+    return pa.Table.from_pydict(columns, schema=OUTPUT_SCHEMA)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """The whole shard file in memory, so it can be committed with one atomic write."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def resample(signals: np.ndarray, fs_out: float) -> np.ndarray:
+    """Polyphase resampling of (…, N_SAMPLES) at 102.4 Hz to ``fs_out`` over the same 10 s."""
+    from scipy.signal import resample_poly
+
+    n_out = round(fs_out * N_SAMPLES / FS)
+    g = math.gcd(n_out, N_SAMPLES)
+    return resample_poly(signals, n_out // g, N_SAMPLES // g, axis=-1)
+
+
+def write_wfdb_records(fs: fsspec.AbstractFileSystem, out_dir: str, table: pa.Table, signals: np.ndarray,
+                       wfdb_fs: float | None) -> None:
+    """Write one .hea/.dat record per row into ``out_dir`` (local or object store).
+
+    ``wfdb.wrsamp`` only writes local files: records go to a temporary folder first, then each file is
+    committed atomically. Conditions and provenance go in the header comments (``key: value``).
+    """
+    import wfdb
+
+    fs_out = float(wfdb_fs) if wfdb_fs else FS
+    sig = resample(signals, fs_out) if wfdb_fs else signals
+    rows = table.drop_columns(["signal"]).to_pylist()
+    with tempfile.TemporaryDirectory(prefix="synthgen-wfdb-") as tmp:
+        for row, x in zip(rows, sig):
+            comments = [f"{k}: {REPORT_SEP.join(v) if k == 'reports' else v}" for k, v in row.items()
+                        if k not in ("report_text", "ecg_id", "wfdb_record", "fs") and v is not None]
+            wfdb.wrsamp(row["ecg_id"], fs=fs_out, units=["mV"] * N_LEADS, sig_name=list(LEADS),
+                        p_signal=np.asarray(x.T, dtype=np.float64), fmt=["16"] * N_LEADS,
+                        comments=comments, write_dir=tmp)
+        for file in sorted(Path(tmp).iterdir()):
+            write_bytes_atomic(fs, join(out_dir, file.name), file.read_bytes())
+    # RECORDS (the WFDB database index) goes last: in WFDB-only runs it is the shard's commit marker
+    write_bytes_atomic(fs, join(out_dir, "RECORDS"), "".join(f"{r['ecg_id']}\n" for r in rows).encode())

@@ -1,0 +1,134 @@
+"""A model bundle: one directory (local or object storage) with everything needed to sample.
+
+    vae.safetensors    VAE weights (safetensors: loading never runs pickled code)
+    unet.safetensors   U-Net weights
+    MODEL_CARD.md      what the model is, what it was trained on, its limits
+    config.json        module configs, latent scale, embedder, patient stats, noise schedule, training
+                       provenance, and the sha256 of each weight file; written last, so a bundle without
+                       it is incomplete
+
+The model hash is the sha256 of config.json's bytes: as config.json pins the weight hashes, it identifies
+the exact weights and settings that produced a sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+import safetensors.torch
+from torch import nn
+
+from synthgen import __version__
+from synthgen.errors import InputError
+from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic
+from synthgen.model.unet import UNet1D, UNetConfig
+from synthgen.model.vae import VAE, VAEConfig
+
+CONFIG_FILE = "config.json"
+CARD_FILE = "MODEL_CARD.md"
+WEIGHT_FILES = {"vae": "vae.safetensors", "unet": "unet.safetensors"}
+REQUIRED_KEYS = ("vae", "unet", "latent_scale", "embedder", "patient_stats", "noise", "files")  # to sample
+
+
+@dataclass
+class Bundle:
+    """A verified, ready-to-sample model; ``model_hash`` identifies it in every output manifest."""
+
+    vae: VAE
+    unet: UNet1D
+    config: dict[str, Any]
+    model_hash: str
+    url: str
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_bundle(url: str, vae: VAE, unet: UNet1D, config: dict[str, Any], card: str,
+                storage_options: StorageOptions = None) -> str:
+    """Write a bundle into directory ``url``; returns the model hash. ``config`` holds the contract's keys
+    (vae, unet, latent_scale, embedder, patient_stats, noise, data_fingerprint, training)."""
+    fs, root = resolve(url, storage_options)
+    files = {}
+    for name, module in (("vae", vae), ("unet", unet)):
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        data = safetensors.torch.save(state)
+        write_bytes_atomic(fs, join(root, WEIGHT_FILES[name]), data)
+        files[WEIGHT_FILES[name]] = _sha256(data)
+    write_bytes_atomic(fs, join(root, CARD_FILE), card.encode())
+    config_bytes = (json.dumps({**config, "files": files, "synthgen_version": __version__},
+                               indent=2, sort_keys=True) + "\n").encode()
+    write_bytes_atomic(fs, join(root, CONFIG_FILE), config_bytes)
+    return _sha256(config_bytes)
+
+
+def shipped_bundle_url() -> str:
+    """Directory of the bundle shipped inside the package; InputError if none is installed."""
+    path = importlib.resources.files("synthgen").joinpath("assets", "model")
+    if not path.joinpath(CONFIG_FILE).is_file():
+        raise InputError(f"no shipped model is installed (expected {path}/{CONFIG_FILE}); "
+                         "pass a bundle path or URL")
+    return str(path)
+
+
+def _read(fs: Any, root: str, name: str, url: str) -> bytes:
+    path = join(root, name)
+    if not fs.exists(path):
+        raise InputError(f"model bundle {url} is missing {name}")
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def _config_for(cls: type, d: Any, key: str, url: str) -> Any:
+    """Build a dataclass config from a dict, naming unknown or malformed keys."""
+    if not isinstance(d, dict):
+        raise InputError(f"{url}/{CONFIG_FILE}: '{key}' must be an object of {cls.__name__} fields")
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise InputError(f"{url}/{CONFIG_FILE}: '{key}' has unknown fields {sorted(unknown)}")
+    return cls(**d)
+
+
+def _load_weights(module: nn.Module, data: bytes, name: str, url: str) -> None:
+    try:
+        module.load_state_dict(safetensors.torch.load(data))
+    except RuntimeError as err:  # shape or key mismatch between the config and the weights
+        raise InputError(f"model bundle {url}: {name} does not match its config: {err}") from None
+
+
+def load_bundle(url: str | None = None, storage_options: StorageOptions = None) -> Bundle:
+    """Load and verify a bundle (``url=None``: the shipped one). Modules are on CPU in eval mode."""
+    url = shipped_bundle_url() if url is None else url
+    fs, root = resolve(url, storage_options)
+    config_bytes = _read(fs, root, CONFIG_FILE, url)
+    try:
+        config = json.loads(config_bytes)
+    except ValueError as err:
+        raise InputError(f"{url}/{CONFIG_FILE} is not valid JSON: {err}") from None
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise InputError(f"{url}/{CONFIG_FILE} is missing {', '.join(missing)}")
+    embedder = config["embedder"]
+    if not isinstance(embedder, dict) or not {"name", "dim"} <= set(embedder):
+        raise InputError(f"{url}/{CONFIG_FILE}: 'embedder' must be {{name, dim}}, got {embedder!r}")
+
+    vae = VAE(_config_for(VAEConfig, config["vae"], "vae", url))
+    unet = UNet1D(_config_for(UNetConfig, config["unet"], "unet", url))
+    if unet.cfg.cond_dim != embedder["dim"]:
+        raise InputError(f"{url}/{CONFIG_FILE}: unet.cond_dim {unet.cfg.cond_dim} != embedder.dim "
+                         f"{embedder['dim']}")
+    for module, name in ((vae, WEIGHT_FILES["vae"]), (unet, WEIGHT_FILES["unet"])):
+        expected = config["files"].get(name)
+        if expected is None:
+            raise InputError(f"{url}/{CONFIG_FILE} has no sha256 for {name}")
+        data = _read(fs, root, name, url)
+        if _sha256(data) != expected:
+            raise InputError(f"model bundle {url}: {name} has sha256 {_sha256(data)}, expected {expected} "
+                             "(file altered or from another bundle)")
+        _load_weights(module, data, name, url)
+    return Bundle(vae=vae.eval(), unet=unet.eval(), config=config, model_hash=_sha256(config_bytes), url=url)

@@ -1,0 +1,123 @@
+"""The one epoch loop both stages share, inside a Ray Train worker: resume, step, checkpoint, validate.
+
+A checkpoint holds the latest training state (to resume exactly where a killed run stopped) and, beside
+it, the weights that scored best on the validation split (what gets exported) — so checkpoint retention
+never has to choose between "latest" and "best".
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+
+from synthgen.train.presets import StageConfig
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class Progress:
+    epoch: int = 0          # epochs fully done
+    step_in_epoch: int = 0  # steps done inside the current epoch
+    global_step: int = 0
+    best_val: float = math.inf
+    best_epoch: int = -1
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this worker; (0, 1) outside distributed training."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def mean_over_workers(total: float, count: int) -> float:
+    """A validation mean over every worker's share of the split."""
+    if world()[1] > 1:
+        t = torch.tensor([total, float(count)], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        total, count = float(t[0]), int(t[1])
+    return total / max(count, 1)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def load_checkpoint_state() -> dict[str, Any] | None:
+    """The state saved in the run's latest checkpoint, if Ray Train is resuming one."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+
+
+def fit(
+    *,
+    name: str,
+    stage: StageConfig,
+    stateful: dict[str, Any],
+    best_source: torch.nn.Module,
+    batches: Callable[[int], Iterable[dict]],
+    train_step: Callable[[dict, int], float],
+    validate: Callable[[], float],
+) -> None:
+    """Run `stage.epochs` epochs of `train_step`, resuming from the latest checkpoint if there is one.
+
+    stateful: objects with state_dict/load_state_dict (models, optimisers, EMA) saved in checkpoints.
+    best_source: the module whose weights are kept when validation improves (the EMA for diffusion).
+    batches(epoch): that epoch's training batches (shuffled with an epoch-dependent seed).
+    """
+    import ray.train
+
+    rank, _ = world()
+    progress, best_weights = Progress(), copy.deepcopy(best_source.state_dict())
+    saved = load_checkpoint_state()
+    if saved is not None:
+        for key, obj in stateful.items():
+            obj.load_state_dict(saved[key])
+        progress, best_weights = Progress(**saved["progress"]), saved["best"]
+        if rank == 0:
+            print(f"[{name}] resumed from checkpoint: epoch {progress.epoch}, step {progress.global_step}", flush=True)
+
+    def report(metrics: dict[str, float]) -> None:
+        state = {k: v.state_dict() for k, v in stateful.items()}
+        state.update(progress=asdict(progress), best=best_weights)
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint = None
+            if rank == 0:
+                torch.save(state, os.path.join(d, STATE_FILE))
+                checkpoint = ray.train.Checkpoint.from_directory(d)
+            ray.train.report({**metrics, "epoch": progress.epoch, "step": progress.global_step},
+                             checkpoint=checkpoint)
+
+    for epoch in range(progress.epoch, stage.epochs):
+        started, losses = time.time(), []
+        for i, batch in enumerate(batches(epoch)):
+            if i < progress.step_in_epoch:
+                continue  # already trained on before the last checkpoint
+            losses.append(train_step(batch, epoch))
+            progress.step_in_epoch, progress.global_step = i + 1, progress.global_step + 1
+            if progress.global_step % stage.checkpoint_every == 0:
+                report({"train_loss": losses[-1]})
+        val = validate()
+        if val < progress.best_val:
+            progress.best_val, progress.best_epoch = val, epoch
+            best_weights = copy.deepcopy(best_source.state_dict())
+        progress.epoch, progress.step_in_epoch = epoch + 1, 0
+        train_loss = sum(losses) / max(len(losses), 1)
+        if rank == 0:
+            print(f"[{name}] epoch {epoch + 1}/{stage.epochs}  train {train_loss:.5f}  val {val:.5f}  "
+                  f"best {progress.best_val:.5f} (epoch {progress.best_epoch + 1})  {time.time() - started:.1f} s",
+                  flush=True)
+        report({"train_loss": train_loss, "val_loss": val, "epoch_seconds": time.time() - started})
