@@ -25,7 +25,7 @@ from synthgen import __version__
 from synthgen.conditions.embedders import Embedder, get_embedder
 from synthgen.conditions.prompts import ordered_prompt
 from synthgen.errors import InputError
-from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic
+from synthgen.io.paths import StorageOptions, join, read_bundle_file, resolve, write_bytes_atomic
 from synthgen.io.shards import read_shards, signals
 from synthgen.evaluate.net1d import ClipModel, Net1DConfig
 
@@ -192,18 +192,10 @@ def save_encoder(url: str, model: ClipModel, config: dict[str, Any], storage_opt
     return hashlib.sha256(config_bytes).hexdigest()
 
 
-def _read(fs: Any, root: str, name: str, url: str) -> bytes:
-    path = join(root, name)
-    if not fs.exists(path):
-        raise InputError(f"encoder bundle {url} is missing {name}")
-    with fs.open(path, "rb") as f:
-        return f.read()
-
-
 def load_encoder(url: str, storage_options: StorageOptions = None) -> Encoder:
     """Load an encoder bundle, verifying the weights' sha256; InputError names the bad file."""
     fs, root = resolve(url, storage_options)
-    config_bytes = _read(fs, root, CONFIG_FILE, url)
+    config_bytes = read_bundle_file(fs, root, CONFIG_FILE, url)
     try:
         config = json.loads(config_bytes)
         cfg = Net1DConfig(**config["net1d"])
@@ -211,11 +203,7 @@ def load_encoder(url: str, storage_options: StorageOptions = None) -> Encoder:
         expected = config["files"][WEIGHTS_FILE]
     except (ValueError, KeyError, TypeError) as err:
         raise InputError(f"{url}/{CONFIG_FILE} is not an encoder config: {err!r}") from None
-    weights = _read(fs, root, WEIGHTS_FILE, url)
-    actual = hashlib.sha256(weights).hexdigest()
-    if actual != expected:
-        raise InputError(f"encoder bundle {url}: {WEIGHTS_FILE} has sha256 {actual}, expected {expected} "
-                         "(file altered or from another bundle)")
+    weights = read_bundle_file(fs, root, WEIGHTS_FILE, url, expected)
     try:
         model.load_state_dict(safetensors.torch.load(weights))
     except RuntimeError as err:

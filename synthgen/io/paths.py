@@ -6,6 +6,7 @@ AWS_ENDPOINT_URL, ~/.aws/config) or from explicit ``storage_options``; never fro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -13,6 +14,8 @@ from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
+
+from synthgen.errors import InputError
 
 StorageOptions = dict[str, Any] | None
 
@@ -80,3 +83,20 @@ def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> Non
 def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
     with fs.open(path, "rb") as f:
         return json.loads(f.read())
+
+
+def read_bundle_file(fs: fsspec.AbstractFileSystem, root: str, name: str, url: str,
+                     sha256: str | None = None) -> bytes:
+    """One file of a bundle folder (model or encoder), checked against the sha256 its config pins.
+
+    A missing or altered file is an InputError that names the bundle and the file.
+    """
+    path = join(root, name)
+    if not fs.exists(path):
+        raise InputError(f"bundle {url} is missing {name}")
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise InputError(f"bundle {url}: {name} has sha256 {hashlib.sha256(data).hexdigest()}, expected {sha256} "
+                         "(file altered or from another bundle)")
+    return data

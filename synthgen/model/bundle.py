@@ -24,7 +24,7 @@ from torch import nn
 
 from synthgen import __version__
 from synthgen.errors import InputError
-from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic
+from synthgen.io.paths import StorageOptions, join, read_bundle_file, resolve, write_bytes_atomic
 from synthgen.model.unet import UNet1D, UNetConfig
 from synthgen.model.vae import VAE, VAEConfig
 
@@ -76,14 +76,6 @@ def shipped_bundle_url() -> str:
     return str(path)
 
 
-def _read(fs: Any, root: str, name: str, url: str) -> bytes:
-    path = join(root, name)
-    if not fs.exists(path):
-        raise InputError(f"model bundle {url} is missing {name}")
-    with fs.open(path, "rb") as f:
-        return f.read()
-
-
 def _config_for(cls: type, d: Any, key: str, url: str) -> Any:
     """Build a dataclass config from a dict, naming unknown or malformed keys."""
     if not isinstance(d, dict):
@@ -105,7 +97,7 @@ def load_bundle(url: str | None = None, storage_options: StorageOptions = None) 
     """Load and verify a bundle (``url=None``: the shipped one). Modules are on CPU in eval mode."""
     url = shipped_bundle_url() if url is None else url
     fs, root = resolve(url, storage_options)
-    config_bytes = _read(fs, root, CONFIG_FILE, url)
+    config_bytes = read_bundle_file(fs, root, CONFIG_FILE, url)
     try:
         config = json.loads(config_bytes)
     except ValueError as err:
@@ -126,9 +118,5 @@ def load_bundle(url: str | None = None, storage_options: StorageOptions = None) 
         expected = config["files"].get(name)
         if expected is None:
             raise InputError(f"{url}/{CONFIG_FILE} has no sha256 for {name}")
-        data = _read(fs, root, name, url)
-        if _sha256(data) != expected:
-            raise InputError(f"model bundle {url}: {name} has sha256 {_sha256(data)}, expected {expected} "
-                             "(file altered or from another bundle)")
-        _load_weights(module, data, name, url)
+        _load_weights(module, read_bundle_file(fs, root, name, url, expected), name, url)
     return Bundle(vae=vae.eval(), unet=unet.eval(), config=config, model_hash=_sha256(config_bytes), url=url)

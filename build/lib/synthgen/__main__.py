@@ -1,3 +1,0 @@
-from synthgen.cli import app
-
-app(prog_name="synthgen")

@@ -1,1 +1,0 @@
-"""Storage formats and paths: one module owns each format (fsspec paths, training shards, output shards, WFDB)."""
