@@ -1,1 +1,1 @@
-"""data"""
+"""Sources → training shards: PhysioNet layouts read, preprocessed, labelled and split (`synthgen prepare`)."""

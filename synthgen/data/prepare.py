@@ -10,7 +10,6 @@ dataset.json last, so a reader that trusts dataset.json never sees a half-writte
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter
 from collections.abc import Iterator
 
