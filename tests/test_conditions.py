@@ -121,7 +121,8 @@ def test_cache_survives_a_new_process(tmp_path: Path) -> None:
                 raise AssertionError(f"cache miss: {{texts}}")
         print(json.dumps(CachedEmbedder(Refuse(), {str(tmp_path)!r}).embed(["y", "x"]).tolist()))
     """)
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
     assert np.allclose(np.array(json.loads(out.stdout)), expected[::-1])
 
 

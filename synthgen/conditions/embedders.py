@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from synthgen.errors import InputError
-from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic
+from synthgen.io.paths import StorageOptions, join, read_parquet, resolve, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -227,16 +227,13 @@ class CachedEmbedder:
         return np.stack([self._vectors[k] for k in keys]).astype(np.float32)
 
     def _read_new_chunks(self) -> None:
-        import pyarrow.parquet as pq
-
         self._fs.invalidate_cache(self._dir)  # object-store listings are cached; see other writers' chunks
         try:
             paths = self._fs.glob(f"{self._dir}/chunk-*.parquet")
         except FileNotFoundError:
             return
         for path in sorted(set(paths) - self._seen_chunks):
-            with self._fs.open(path, "rb") as f:
-                table = pq.read_table(f)
+            table = read_parquet(self._fs, path)
             vecs = np.asarray(table.column("vector").combine_chunks().flatten(), dtype=np.float32)
             vecs = vecs.reshape(table.num_rows, -1)
             self._vectors.update(zip(table.column("key").to_pylist(), vecs))

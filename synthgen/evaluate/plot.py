@@ -14,11 +14,10 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 
 from synthgen.ecg import FS, LEADS  # noqa: E402
 from synthgen.errors import InputError  # noqa: E402
-from synthgen.io.paths import join, resolve  # noqa: E402
+from synthgen.io.paths import join, read_parquet, resolve  # noqa: E402
 from synthgen.io.shards import signals  # noqa: E402
 
 MM_PER_S, MM_PER_MV = 25.0, 10.0
@@ -89,14 +88,12 @@ def _parquet_row(src: str, row: int) -> tuple[np.ndarray, float, dict]:
     if not parts:
         raise InputError(f"{src}: no Parquet ECGs (part-*.parquet or shards/part-*.parquet) found")
     for part in parts:
-        with fs_.open(part, "rb") as f:
-            pf = pq.ParquetFile(f)
-            n = pf.metadata.num_rows
-            if row < n:
-                table = pf.read().slice(row, 1)
-                fields = {k: v[0] for k, v in table.drop_columns(["signal"]).to_pydict().items()}
-                return signals(table)[0], float(fields.get("fs") or FS), fields
-            row -= n
+        whole = read_parquet(fs_, part)
+        if row < whole.num_rows:
+            table = whole.slice(row, 1)
+            fields = {k: v[0] for k, v in table.drop_columns(["signal"]).to_pydict().items()}
+            return signals(table)[0], float(fields.get("fs") or FS), fields
+        row -= whole.num_rows
     raise InputError(f"{src}: row out of range (the source has fewer rows)")
 
 

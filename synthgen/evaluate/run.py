@@ -18,14 +18,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from synthgen.data.labels import labels_from_text
 from synthgen.errors import InputError
 from synthgen.evaluate import metrics as M
 from synthgen.evaluate.encoder import Encoder, load_encoder, prompts_of
 from synthgen.evaluate.plot import plot_ecg
-from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic, write_json_atomic
+from synthgen.io.paths import StorageOptions, join, read_parquet, resolve, write_bytes_atomic, write_json_atomic
 from synthgen.io.shards import read_shards, signals
 
 SCHEMA = "evaluation-v1"
@@ -53,11 +52,8 @@ def read_generated(url: str, storage_options: StorageOptions = None) -> pa.Table
     parts = sorted(fs.glob(join(root, "shards", "part-*.parquet")))
     if not parts:
         raise InputError(f"{url}: no generated shards (shards/part-*.parquet); is it a `synthgen generate` output?")
-    tables = []
-    for path in parts:
-        with fs.open(path, "rb") as f:
-            tables.append(pq.read_table(f, columns=["ecg_id", "signal", "reports", "hr", "label"]))
-    return pa.concat_tables(tables)
+    return pa.concat_tables([read_parquet(fs, path, ["ecg_id", "signal", "reports", "hr", "label"])
+                             for path in parts])
 
 
 def _side(enc: Encoder, embedder: Any, x: np.ndarray, reports: list, requested_hr: np.ndarray,

@@ -17,7 +17,7 @@ import pandas as pd
 
 from synthgen.conditions.spec import Condition
 from synthgen.errors import InputError
-from synthgen.io.paths import StorageOptions, resolve, write_bytes_atomic
+from synthgen.io.paths import StorageOptions, read_parquet, resolve, write_bytes_atomic
 
 REPORT_SEP = " | "
 KNOWN_COLUMNS = ("report", "age", "sex", "hr", "label", "n", "weight")
@@ -65,9 +65,9 @@ def _read_table(url: str, storage_options: StorageOptions) -> pd.DataFrame:
     if not fs.exists(path):
         raise InputError(f"manifest {url}: file not found")
     try:
+        if path.endswith(".parquet"):
+            return read_parquet(fs, path).to_pandas()
         with fs.open(path, "rb") as f:
-            if path.endswith(".parquet"):
-                return pd.read_parquet(f)
             return pd.read_csv(f, dtype=str, keep_default_na=False)
     except (ValueError, OSError) as e:  # pandas parser / pyarrow errors both derive from these
         raise InputError(f"manifest {url}: cannot read it as {'Parquet' if path.endswith('.parquet') else 'CSV'} "

@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 from fsspec.core import url_to_fs
 
 from synthgen.errors import InputError
@@ -83,6 +84,20 @@ def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> Non
 def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
     with fs.open(path, "rb") as f:
         return json.loads(f.read())
+
+
+def read_parquet(fs: fsspec.AbstractFileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file read whole into memory first.
+
+    pyarrow reading through a Python file object leaves its thread pool to race interpreter teardown, which
+    aborts the process at exit now and then ("terminate called without an active exception",
+    apache/arrow#34314); reading from an in-memory buffer never touches Python I/O from Arrow's threads.
+    """
+    import pyarrow.parquet as pq
+
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    return pq.read_table(pa.BufferReader(data), columns=columns)
 
 
 def read_bundle_file(fs: fsspec.AbstractFileSystem, root: str, name: str, url: str,

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from synthgen.ecg import N_LEADS, N_SAMPLES
 from synthgen.errors import InputError
-from synthgen.io.paths import StorageOptions, join, resolve
+from synthgen.io.paths import StorageOptions, join, read_parquet, resolve
 
 SCHEMA_VERSION = 1
 SCHEMA_VERSION_KEY = b"synthgen.shards.schema_version"
@@ -86,8 +86,7 @@ def read_shards(url: str, split: str | None = None, columns: list[str] | None = 
     read_cols = None if columns is None else list(dict.fromkeys([*columns, *(["split"] if split else [])]))
     tables = []
     for path in parts:
-        with fs.open(path, "rb") as f:
-            t = pq.read_table(f, columns=read_cols)
+        t = read_parquet(fs, path, read_cols)
         version = (t.schema.metadata or {}).get(SCHEMA_VERSION_KEY)
         if version != str(SCHEMA_VERSION).encode():
             raise InputError(f"{path}: shard schema version {version!r}, expected {SCHEMA_VERSION}")

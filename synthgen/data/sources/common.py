@@ -6,7 +6,7 @@ import fsspec
 import pandas as pd
 
 from synthgen.errors import InputError
-from synthgen.io.paths import StorageOptions, join, resolve
+from synthgen.io.paths import StorageOptions, join, read_parquet, resolve
 
 MAX_AGE = 90.0  # PTB-XL codes ages >= 90 as 300; every source's ages are capped at 90 alike
 
@@ -30,10 +30,10 @@ def require(fs: fsspec.AbstractFileSystem, root: str, src: str, expected: str, *
 def read_table(fs: fsspec.AbstractFileSystem, path: str, what: str, columns: set[str]) -> pd.DataFrame:
     """A CSV (optionally .gz) or Parquet table, with ``columns`` checked; ``what`` names it in errors."""
     try:
-        with fs.open(path, "rb") as f:
-            if path.endswith(".parquet"):
-                df = pd.read_parquet(f)
-            else:
+        if path.endswith(".parquet"):
+            df = read_parquet(fs, path).to_pandas()
+        else:
+            with fs.open(path, "rb") as f:
                 df = pd.read_csv(f, compression="gzip" if path.endswith(".gz") else None, low_memory=False)
     except FileNotFoundError:
         raise InputError(f"{what} {path}: no such file") from None
