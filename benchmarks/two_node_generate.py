@@ -39,7 +39,8 @@ N, SHARD_SIZE, STEPS = 240, 10, 20
 
 # the nodes' environment = "the standard places" on a real cluster (instance role / node secrets);
 # RAY_worker_niceness: every Ray worker (the sampler actors, Ray Data tasks) at nice 19
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "19", "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "19", "AWS_ACCESS_KEY_ID": KEY,
+       "AWS_SECRET_ACCESS_KEY": SECRET,
        "PATH": f"{BIN}:{os.environ['PATH']}"}
 ENV.pop("RAY_ADDRESS", None)
 T0 = time.monotonic()
@@ -130,7 +131,8 @@ def second_node_id() -> str:
 
 def generate_cmd(out: str, model: str | None) -> list[str]:
     runtime_env = json.dumps({"env_vars": {"AWS_ENDPOINT_URL": ENDPOINT}})  # endpoint only; no secrets
-    return [str(BIN / "ray"), "job", "submit", "--address", DASHBOARD, "--runtime-env-json", runtime_env, "--working-dir", str(REPO),
+    return [str(BIN / "ray"), "job", "submit", "--address", DASHBOARD, "--runtime-env-json", runtime_env,
+            "--working-dir", str(REPO),
             "--", "python", "jobs/generate.py", "--manifest", f"s3://{BUCKET}/manifest.csv", "--out", out,
             "--n", str(N), "--shard-size", str(SHARD_SIZE), "--steps", str(STEPS), "--batch-size", "10",
             "--actors", "2", "--cpu", "--no-progress", *(["--model", model] if model else [])]
@@ -198,9 +200,11 @@ def main() -> None:
         mem = ["--memory", str(2 * 1024**3), "--object-store-memory", str(400 * 1024**2)]
         groups.append(start_node(tmp, "head", [
             "--head", f"--port={GCS_PORT}", "--dashboard-host=127.0.0.1", f"--dashboard-port={DASHBOARD_PORT}",
-            "--dashboard-agent-listen-port=52465", "--ray-client-server-port=20401", "--num-cpus=2", *mem], nodes_after=1))
+            "--dashboard-agent-listen-port=52465", "--ray-client-server-port=20401", "--num-cpus=2", *mem],
+                      nodes_after=1))
         groups.append(start_node(tmp, "node2", [
-            f"--address=127.0.0.1:{GCS_PORT}", "--dashboard-agent-listen-port=52466", "--num-cpus=2", *mem], nodes_after=2))
+            f"--address=127.0.0.1:{GCS_PORT}", "--dashboard-agent-listen-port=52466", "--num-cpus=2", *mem],
+                      nodes_after=2))
         node2 = second_node_id()
         log(f"Ray: 2 nodes alive (head + node2 {node2[:8]}), 2 CPUs each")
 
@@ -233,8 +237,9 @@ def main() -> None:
             after = committed(out2)
             rewritten = [k for k, etag in before.items() if after.get(k) != etag]
             summary = json.loads(s3().cat(f"{BUCKET}/run2/_SUCCESS.json"))
+            ok = not rewritten and summary["shards_written"] == N // SHARD_SIZE - len(before)
             log(f"rerun wrote {summary['shards_written']} shard(s), {summary['shards_already_done']} already done; "
-                f"committed shards rewritten: {len(rewritten)} → {'PASS' if not rewritten and summary['shards_written'] == N // SHARD_SIZE - len(before) else 'FAIL'}")
+                f"committed shards rewritten: {len(rewritten)} → {'PASS' if ok else 'FAIL'}")
         check_exactly_once(out2, N)
         log("all checks passed")
     finally:

@@ -185,8 +185,25 @@ def manifest_minority(
     """A manifest from the conditions of real minority-class records (as the paper augments)."""
     from synthgen.generate.manifest import build_minority_manifest
 
-    rows = _run(build_minority_manifest, data, label, out, split=split, storage_options=_storage_options(storage_options))
+    rows = _run(build_minority_manifest, data, label, out, split=split,
+                storage_options=_storage_options(storage_options))
     typer.echo(f"{rows} condition specs → {out}")
+
+
+@manifest_app.command("split")
+def manifest_split(
+    data: str = typer.Option(..., help="Training shards from `synthgen prepare`."),
+    split: str = typer.Option("test", help="Split whose records' conditions are used (train, val, test)."),
+    out: str = typer.Option(..., help="Manifest to write (.csv or .parquet; local or s3://)."),
+    storage_options: Optional[str] = StorageOpt,
+) -> None:
+    """A manifest of every record's conditions in a split: generate on the test conditions, then evaluate."""
+    from synthgen.generate.manifest import class_conditions, write_manifest
+
+    opts = _storage_options(storage_options)
+    rows = _run(class_conditions, data, None, split=split, storage_options=opts)
+    _run(write_manifest, rows, out, opts)
+    typer.echo(f"{len(rows)} condition specs → {out}")
 
 
 @train_app.command("encoder")
@@ -209,14 +226,47 @@ def evaluate(
     real: str = typer.Option(..., help="Real training shards (from `synthgen prepare`)."),
     generated: str = typer.Option(..., help="A `synthgen generate` output folder or URL."),
     out: str = typer.Option(..., help="Folder for evaluation.json and report.html."),
-    encoder: str = typer.Option(..., help="Encoder bundle from `synthgen train encoder`."),
+    encoder: Optional[str] = typer.Option(None, help="Encoder bundle from `synthgen train encoder` (default: the "
+                                                     "shipped one, trained on the PTB-XL subset)."),
     split: str = typer.Option("test", help="Real split the generated set is compared with."),
+    peers: str = typer.Option("ecgsyn,deepfake-ecg", help="Comma-separated peers run on the generated set's "
+                                                          "conditions and scored beside it ('' = none)."),
     storage_options: Optional[str] = StorageOpt,
 ) -> None:
     """The benchmark: FID, precision/recall/F1, HR MAE, CLIP score, validity, memorisation — beside references."""
     from synthgen.evaluate.run import evaluate as run_evaluate
 
     _run(run_evaluate, real, generated, out, encoder=encoder, split=split,
+         peers=[p.strip() for p in peers.split(",") if p.strip()], storage_options=_storage_options(storage_options))
+
+
+# ----------------------------------------------------------------------------------------- augment-eval
+@app.command("augment-eval")
+def augment_eval(
+    data: str = typer.Option(..., help="Prepared shards with train/val/test splits (`synthgen prepare`)."),
+    out: str = typer.Option(..., help="Folder or s3:// URL for trials, summary table, plot and provenance."),
+    task: str = typer.Option("af,pvc,abnormal", help="Comma-separated tasks: af, pvc, abnormal."),
+    synthetic: Optional[str] = typer.Option(None, help="A `synthgen generate` output to draw synthetic ECGs from "
+                                                       "(default: generate them from the training conditions)."),
+    seeds: int = typer.Option(3, help="Trials per arm (training seeds); mean ± sd over them."),
+    epochs: int = typer.Option(20, help="Budget: passes over the real training split, as steps, for every arm."),
+    target_ratio: float = typer.Option(1.0, help="Minority : majority ratio the augmented arm fills up to."),
+    n_synthetic: int = typer.Option(300, help="ECGs per class to generate when --synthetic is not given."),
+    model: Optional[str] = typer.Option(None, help="Model bundle for generating (default: the shipped model)."),
+    sampler: str = typer.Option("ddpm", help="Sampler for generating: ddpm, ddim or dpm++."),
+    sampler_steps: int = typer.Option(100, help="Denoising steps for generating."),
+    seed: int = typer.Option(0, help="Seed of the synthetic set and of the subset the augmented arm adds."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="Trials and sampling on GPUs (default: if any)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    storage_options: Optional[str] = StorageOpt,
+) -> None:
+    """The downstream experiment: Net1D classifiers on original vs weighted-loss vs synthetic-augmented data."""
+    from classifiers.experiment import augment_eval as run_augment_eval
+
+    tasks = [t.strip() for t in task.split(",") if t.strip()]
+    _run(run_augment_eval, data, out, tasks=tasks, synthetic=synthetic, seeds=seeds, epochs=epochs,
+         target_ratio=target_ratio, n_synthetic=n_synthetic, model=model, sampler=sampler,
+         sampler_steps=sampler_steps, seed=seed, gpu=gpu, progress=progress,
          storage_options=_storage_options(storage_options))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from synthgen.errors import InputError
 from synthgen.evaluate import metrics as M
-from synthgen.io.shards import SCHEMA, read_shards, to_parquet_bytes
+from synthgen.io.shards import SCHEMA, read_shards, signals, to_parquet_bytes
 
 RNG = np.random.default_rng(0)
 
@@ -130,6 +131,23 @@ def test_encoder_trains_and_round_trips(encoder_bundle, small_shards) -> None:
     assert np.linalg.norm(emb, axis=1) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_shipped_encoder_matches_real_test_ecgs_to_their_own_reports(ptbxl_shards) -> None:
+    """The shipped encoder was trained on the train split; on test records it must rank each ECG's own report
+    above a random other record's report more often than chance."""
+    from synthgen.evaluate.encoder import load_encoder, prompts_of
+    from synthgen.model.bundle import shipped_bundle_url
+
+    enc = load_encoder(shipped_bundle_url("encoder"))
+    test = read_shards(str(ptbxl_shards), "test", ["signal", "reports"])
+    prompts = prompts_of(test.column("reports").to_pylist())
+    e = enc.embed_ecg(signals(test))
+    t = enc.embed_text(enc.text_embedder().embed(prompts))
+    own = np.sum(e * t, axis=1)
+    other = np.sum(e * t[np.random.default_rng(0).permutation(len(t))], axis=1)
+    differs = np.array(prompts) != np.array(prompts)[np.random.default_rng(0).permutation(len(t))]
+    assert np.mean(own[differs] > other[differs]) > 0.7
+
+
 def test_altered_encoder_is_refused(encoder_bundle, tmp_path) -> None:
     import shutil
 
@@ -186,9 +204,33 @@ def test_evaluate_end_to_end(small_shards, generated, encoder_bundle, tmp_path, 
     assert saved["clip_by_label"]["af"]["n_generated"] == 6
     assert {"af", "pvc", "abnormal", "normal"} <= set(saved["clip_by_label"])
     assert saved["hr"]["generated"]["n_requested"] == 12
+    # peers on the same conditions, scored the same way, in their own columns
+    peers = ("ecgsyn", "deepfake-ecg")
+    assert set(saved["peers"]) == set(peers)
+    assert saved["peers"]["deepfake-ecg"]["version"] == version("deepfake-ecg")
+    assert {saved["peers"][p]["seed"] for p in peers} == {0} and {saved["peers"][p]["n"] for p in peers} == {12}
+    for k in ("fid", "precision", "clip_score", "einthoven_iii_residual_mv"):
+        assert set(saved["metrics"][k]["peers"]) == set(peers)
+        assert all(math.isfinite(v) for v in saved["metrics"][k]["peers"].values())
+    assert saved["metrics"]["einthoven_iii_residual_mv"]["peers"]["deepfake-ecg"] < 1e-6
+    assert set(saved["clip_by_label"]["af"]["peers"]) == set(peers)
+    assert saved["hr"]["peers"]["ecgsyn"]["n_requested"] == 12
+    for p in peers:
+        assert len(list((tmp_path / "eval" / "peers" / p / "shards").glob("part-*.parquet"))) == 1
     page = (tmp_path / "eval" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 5 and "<table>" in page
-    assert "FID" in capsys.readouterr().out
+    assert page.count("data:image/png;base64,") >= 5 and "<table>" in page and "<th>deepfake-ecg</th>" in page
+    printed = capsys.readouterr().out
+    assert "FID" in printed and "ecgsyn" in printed and "deepfake-ecg" in printed
+
+
+def test_evaluate_refuses_unknown_peer_from_the_cli(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from synthgen.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate", "--real", str(tmp_path), "--generated", str(tmp_path), "--out",
+                                   str(tmp_path / "e"), "--encoder", str(tmp_path), "--peers", "ecgsyn, nope"])
+    assert res.exit_code == 2 and "nope" in res.output
 
 
 def test_plot_parquet_row_and_wfdb_record(generated, small_shards, tmp_path) -> None:
@@ -209,7 +251,7 @@ def test_plot_parquet_row_and_wfdb_record(generated, small_shards, tmp_path) -> 
 
 def test_ecgsyn_like_peer_has_requested_rate_and_consistent_leads(generated, tmp_path) -> None:
     from synthgen.evaluate.peers import simulate_ecg, simulate_like
-    from synthgen.evaluate.run import read_generated
+    from synthgen.generate.writers import read_generated
 
     hrs = np.array([45.0, 75.0, 110.0, 160.0])
     x = np.stack([simulate_ecg(h, i) for i, h in enumerate(hrs)])
@@ -221,3 +263,19 @@ def test_ecgsyn_like_peer_has_requested_rate_and_consistent_leads(generated, tmp
     assert simulate_like(str(generated), str(tmp_path / "peer")) == 12
     peer = read_generated(str(tmp_path / "peer"))
     assert peer.column("hr").to_pylist() == read_generated(str(generated)).column("hr").to_pylist()
+
+
+def test_deepfake_ecg_peer_is_12_lead_deterministic_and_consistent() -> None:
+    from synthgen.evaluate.peers import DeepfakeECG
+
+    peer = DeepfakeECG()
+    x = peer(75.0, 0)
+    assert x.shape == (12, 1024) and x.dtype == np.float32 and np.isfinite(x).all()
+    i, ii = x[0], x[1]
+    assert np.array_equal(x[2], ii - i)  # III = II − I exactly
+    assert np.abs(x[3] + x[4] + x[5]).max() < 1e-5  # aVR + aVL + aVF = 0
+    assert 0.2 < np.abs(ii).max() < 10.0  # mV, not µV
+    assert np.array_equal(DeepfakeECG()(120.0, 0), x)  # same seed → same ECG (HR is ignored), fresh load too
+    assert not np.allclose(peer(75.0, 1), x)
+    raw = peer.raw(0)
+    assert raw.shape == (8, 5000) and np.array_equal(raw, np.trunc(raw))  # the integer µV its generate() writes

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 INFRA, JOBS = REPO / "infra", REPO / "jobs"
 sys.path.insert(0, str(JOBS))
 
-import generate as generate_job  # noqa: E402  (jobs/ is not a package: entry points run as scripts)
+import augment_eval as augment_eval_job  # noqa: E402  (jobs/ is not a package: entry points run as scripts)
+import generate as generate_job  # noqa: E402
 import train as train_job  # noqa: E402
 
 # the README install: a pinned torch first, then synthgen
@@ -113,13 +114,13 @@ def test_dockerfiles(flavour: str) -> None:
 
 
 def test_job_configs_load() -> None:
-    for name, job in (("generate", generate_job), ("train", train_job)):
+    for name, job in (("generate", generate_job), ("train", train_job), ("augment-eval", augment_eval_job)):
         doc = load(JOBS / "configs" / f"{name}.yaml")
         assert set(doc) <= set(job.KEYS)
         assert doc["out"].startswith("s3://")
 
 
-@pytest.mark.parametrize("job", ["generate", "train"])
+@pytest.mark.parametrize("job", ["generate", "train", "augment_eval"])
 def test_entry_point_help(job: str) -> None:
     res = subprocess.run([sys.executable, str(JOBS / f"{job}.py"), "--help"], capture_output=True, text=True,
                          timeout=60)
@@ -149,6 +150,15 @@ def test_train_config_to_kwargs() -> None:
     assert "AKIA" not in kw["command"] and kw["command"].startswith("jobs/train.py --config")
     assert train_job.parse_args(["--data", "d", "--out", "o"]) == {
         "stage": "all", "data": "d", "out": "o", "command": "jobs/train.py --data d --out o"}
+
+
+def test_augment_eval_config_to_kwargs() -> None:
+    cfg = JOBS / "configs" / "augment-eval.yaml"
+    kw = augment_eval_job.parse_args(["--config", str(cfg), "--task", "af, pvc", "--seeds", "3", "--cpu"])
+    assert kw == {**load(cfg), "tasks": ["af", "pvc"], "seeds": 3, "gpu": False}
+    assert augment_eval_job.parse_args(["--data", "d", "--out", "o"]) == {"data": "d", "out": "o"}
+    with pytest.raises(InputError, match="missing data"):
+        augment_eval_job.parse_args(["--out", "o"])
 
 
 def test_config_rejects_unknown_keys_and_credentials(tmp_path: Path) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from synthgen.cli import app
 from synthgen.conditions.spec import Condition
 from synthgen.errors import InputError
-from synthgen.generate.manifest import (build_minority_manifest, largest_remainder, read_manifest,
+from synthgen.generate.manifest import (build_minority_manifest, class_conditions, largest_remainder, read_manifest,
                                         sample_counts)
 from synthgen.io.shards import to_parquet_bytes, to_table
 
@@ -93,6 +95,12 @@ def test_build_minority_manifest(tmp_path):
         build_minority_manifest(str(tmp_path / "shards"), "mi", out)
     with pytest.raises(InputError, match="no train records with pvc"):
         build_minority_manifest(str(tmp_path / "shards"), "pvc", out)
+    rest = class_conditions(str(tmp_path / "shards"), "af", negative=True)
+    assert rest["age"].tolist() == [51.0] and rest["label"].tolist() == ["not_af"] and rest["n"].tolist() == [1]
+    res = CliRunner().invoke(app, ["manifest", "split", "--data", str(tmp_path / "shards"), "--split", "train",
+                                   "--out", str(tmp_path / "train.csv")])
+    assert res.exit_code == 0 and "3 condition specs" in res.output
+    assert [s.condition.age for s in read_manifest(str(tmp_path / "train.csv"))] == [50.0, 51.0, 53.0]
 
 
 def test_shipped_example_manifest_is_valid():

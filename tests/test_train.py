@@ -37,7 +37,8 @@ def test_condition_dropout_rates():
     g = torch.Generator().manual_seed(0)
     text, feats = drop_conditions(torch.ones(n, dtype=torch.bool), torch.ones(n, 3, dtype=torch.bool), tc, g)
     all_dropped = (~text & ~feats.any(1)).float().mean().item()
-    assert all_dropped == pytest.approx(tc.p_uncond + (1 - tc.p_uncond) * tc.p_drop_text * tc.p_drop_feature**3, abs=0.005)
+    expected = tc.p_uncond + (1 - tc.p_uncond) * tc.p_drop_text * tc.p_drop_feature**3
+    assert all_dropped == pytest.approx(expected, abs=0.005)
     assert (~text).float().mean().item() == pytest.approx(tc.p_uncond + (1 - tc.p_uncond) * tc.p_drop_text, abs=0.005)
     assert (~feats[:, 0]).float().mean().item() == pytest.approx(tc.p_uncond + (1 - tc.p_uncond) * tc.p_drop_feature,
                                                                 abs=0.005)

@@ -1,21 +1,38 @@
-"""A classical peer: an ECGSYN-like simulator (McSharry et al. 2003, simplified) driven by the requested HR.
+"""Peers: other generators run on the same conditions as a `synthgen generate` output, scored the same way.
 
-Own implementation, not neurokit2 (which pins pandas < 3). Each beat is a sum of Gaussian waves (P, Q, R, S,
-T) placed around the R peak on an RR series with respiratory sinus arrhythmia and jitter; every wave has a
-3-D heart dipole, and the 12 leads are projections of that dipole (frontal hexaxial angles for the limb
-leads, horizontal-plane angles for V1–V6), so Einthoven's laws hold exactly. It knows nothing of reports:
-it is the floor a conditional model must beat on CLIP scores, and a physiology/HR reference otherwise.
+* ``ecgsyn``: an ECGSYN-like simulator (McSharry et al. 2003, simplified) driven by the requested HR. Own
+  implementation, not neurokit2 (which pins pandas < 3). Each beat is a sum of Gaussian waves (P, Q, R, S, T)
+  placed around the R peak on an RR series with respiratory sinus arrhythmia and jitter; every wave has a 3-D
+  heart dipole, and the 12 leads are projections of that dipole (frontal hexaxial angles for the limb leads,
+  horizontal-plane angles for V1–V6), so Einthoven's laws hold exactly.
+* ``deepfake-ecg``: Pulse2Pulse (Thambawita et al. 2021) from the `deepfake-ecg` wheel, whose weights ship
+  inside it: unconditional, 8 leads (I, II, V1–V6) for 10 s at 500 Hz.
+
+Both know nothing of reports: they are the floor a conditional model must beat on CLIP scores, and
+physiology/HR references otherwise. A peer is a function ``(hr, seed) → (12, 1024) float32 mV``.
 """
 
 from __future__ import annotations
+
+import warnings
+from importlib.metadata import version
+from importlib.resources import files
+from typing import Any, Callable, Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.signal import resample_poly
 
-from synthgen.ecg import FS, N_LEADS, N_SAMPLES
+from synthgen import __version__
+from synthgen.data.preprocess import resample_1024
+from synthgen.ecg import FS, LEADS, N_LEADS, N_SAMPLES
+from synthgen.errors import InputError
 from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic
+
+PeerFn = Callable[[float, int], np.ndarray]  # (requested HR in bpm, seed) → (12, 1024) float32 mV
+PEERS = ("ecgsyn", "deepfake-ecg")
+ROWS_PER_PART = 4096  # peer sets are written in parts of this many ECGs (~200 MB of float32 each)
 
 UPSAMPLE = 5  # synthesise at 512 Hz (10 ms waves would alias at 102.4 Hz), then decimate
 # wave: (offset from R in s, width in s, dipole (x: left, y: feet, z: anterior) in mV)
@@ -27,6 +44,14 @@ WAVES = {
     "T": (0.30, 0.050, (0.20, 0.25, 0.10)),  # offset scaled by sqrt(RR) (QT shortens with rate)
 }
 PRECORDIAL_DEG = (120.0, 95.0, 70.0, 45.0, 20.0, 0.0)  # V1..V6 in the horizontal plane, from the left
+
+
+def derive_limb_leads(sig: np.ndarray) -> np.ndarray:
+    """Set III, aVR, aVL, aVF of a (12, n) array (canonical order) from its I and II, in place; returns it.
+    III = II − I, aVR = −(I + II)/2, aVL = I − II/2, aVF = II − I/2: Einthoven's and Goldberger's laws exact."""
+    i, ii = sig[0].copy(), sig[1].copy()
+    sig[2], sig[3], sig[4], sig[5] = ii - i, -(i + ii) / 2, i - ii / 2, ii - i / 2
+    return sig
 
 
 def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
@@ -65,25 +90,107 @@ def simulate_ecg(hr: float, seed: int, *, n: int = N_SAMPLES, fs: float = FS) ->
     sig = resample_poly(np.stack(limb + chest), 1, UPSAMPLE, axis=1)
     sig += 0.01 * rng.standard_normal(sig.shape)
     # limb leads III, aVR, aVL, aVF rebuilt from the noisy I and II: keeps Einthoven exact
-    sig[2], sig[3], sig[4], sig[5] = sig[1] - sig[0], -(sig[0] + sig[1]) / 2, sig[0] - sig[1] / 2, sig[1] - sig[0] / 2
-    return sig.astype(np.float32)
+    return derive_limb_leads(sig).astype(np.float32)
+
+
+class DeepfakeECG:
+    """deepfake-ecg's Pulse2Pulse generator, loaded once; ``peer(hr, seed)`` → (12, 1024) float32 mV.
+
+    Does what the package's own ``generate()`` does (uniform(−1, 1) noise of shape (1, 8, 5000), output × 6000
+    truncated to integer µV, leads I, II, V1–V6 at 500 Hz) without its file writing and global RNG: the noise
+    comes from a ``torch.Generator`` seeded per ECG. Then µV → mV, 5000 → 1024 samples (as `prepare`
+    resamples), III/aVR/aVL/aVF derived from I and II. Unconditional: ``hr`` is ignored.
+    """
+
+    name = "deepfake-ecg"
+    SOURCE_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
+    SOURCE_SAMPLES = 5000  # 10 s at 500 Hz
+
+    def __init__(self, device: str = "cpu") -> None:
+        import torch
+
+        try:
+            from deepfakeecg import Generator
+        except ImportError as e:
+            raise InputError("the deepfake-ecg peer needs the `deepfake-ecg` package (pip install deepfake-ecg)") \
+                from e
+        self.version = version("deepfake-ecg")
+        self.device = torch.device(device)
+        with warnings.catch_warnings():  # its __init__ calls the deprecated nn.init.kaiming_normal
+            warnings.simplefilter("ignore")
+            model = Generator()
+        weights = files("deepfakeecg") / "checkpoints" / "g_stat.pt"
+        with weights.open("rb") as f:
+            model.load_state_dict(torch.load(f, map_location="cpu", weights_only=True)["stat_dict"])
+        self.model = model.to(self.device).eval()
+        self._rows = [LEADS.index(lead) for lead in self.SOURCE_LEADS]
+
+    def raw(self, seed: int) -> np.ndarray:
+        """(8, 5000) float64: the integer µV (I, II, V1–V6 at 500 Hz) its ``generate()`` writes, for one seed."""
+        import torch
+
+        noise = torch.empty(1, len(self.SOURCE_LEADS), self.SOURCE_SAMPLES).uniform_(
+            -1, 1, generator=torch.Generator().manual_seed(seed))
+        with torch.inference_mode():
+            out = self.model(noise.to(self.device))[0].cpu().double().numpy()
+        return np.trunc(out * 6000)
+
+    def __call__(self, hr: float, seed: int) -> np.ndarray:
+        sig = np.zeros((N_LEADS, N_SAMPLES), np.float32)
+        sig[self._rows] = resample_1024(self.raw(seed) / 1000.0)
+        return derive_limb_leads(sig)
+
+
+def get_peer(name: str) -> tuple[PeerFn, dict[str, Any]]:
+    """A peer by name (one of ``PEERS``) and where it comes from: {peer, package, version, source}."""
+    if name == "ecgsyn":
+        return simulate_ecg, {"peer": name, "package": "synthgen", "version": __version__,
+                              "source": "synthgen.evaluate.peers.simulate_ecg (ECGSYN-like, driven by requested HR)"}
+    if name == "deepfake-ecg":
+        model = DeepfakeECG()
+        return model, {"peer": name, "package": "deepfake-ecg", "version": model.version,
+                       "source": "deepfakeecg Pulse2Pulse, checkpoints/g_stat.pt (unconditional)"}
+    raise InputError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
+
+
+def peer_signals(hrs: list, peer: PeerFn, *, seed: int = 0, default_hr: float = 75.0) -> np.ndarray:
+    """(len(hrs), 12, 1024) float32: ECG i from ``peer(hrs[i] or default_hr, seed · 1000003 + i)``."""
+    if not hrs:
+        return np.zeros((0, N_LEADS, N_SAMPLES), np.float32)
+    return np.stack([peer(default_hr if h is None or not np.isfinite(h) else h, seed * 1_000_003 + i)
+                     for i, h in enumerate(hrs)])
+
+
+def write_peer_set(table: pa.Table, sig: np.ndarray, out: str, storage_options: StorageOptions = None) -> int:
+    """``table``'s ecg_id, reports, hr, label with ``sig`` as signal → ``<out>/shards/part-*.parquet``, in the
+    layout `evaluate` and `plot` read; returns the row count."""
+    fs, root = resolve(out, storage_options)
+    cols = table.select(["ecg_id", "reports", "hr", "label"])
+    for part, start in enumerate(range(0, max(len(sig), 1), ROWS_PER_PART)):
+        chunk = sig[start:start + ROWS_PER_PART]
+        signal = pa.FixedSizeListArray.from_arrays(
+            pa.FixedSizeListArray.from_arrays(pa.array(chunk.reshape(-1), pa.float32()), N_SAMPLES), N_LEADS)
+        buf = pa.BufferOutputStream()
+        pq.write_table(cols.slice(start, len(chunk)).append_column("signal", signal), buf, compression="zstd")
+        write_bytes_atomic(fs, join(root, "shards", f"part-{part:05d}.parquet"), buf.getvalue().to_pybytes())
+    return len(sig)
+
+
+def peer_like(generated: str, out: str, *, peer: Union[str, PeerFn] = "ecgsyn", seed: int = 0,
+              default_hr: float = 75.0, storage_options: StorageOptions = None) -> int:
+    """One ``peer`` ECG (a name from ``PEERS`` or a function) per row of a `synthgen generate` output, at its
+    requested HR (``default_hr`` where none), into ``<out>/shards/part-*.parquet`` with the same columns
+    `evaluate` reads; returns the row count."""
+    from synthgen.generate.writers import read_generated
+
+    fn = get_peer(peer)[0] if isinstance(peer, str) else peer
+    table = read_generated(generated, storage_options)
+    sig = peer_signals(table.column("hr").to_pylist(), fn, seed=seed, default_hr=default_hr)
+    return write_peer_set(table, sig, out, storage_options)
 
 
 def simulate_like(generated: str, out: str, *, seed: int = 0, default_hr: float = 75.0,
                   storage_options: StorageOptions = None) -> int:
-    """Simulate one ECG per row of a `synthgen generate` output (its requested HR, ``default_hr`` where none)
-    into ``<out>/shards/part-00000.parquet`` with the same columns `evaluate` reads; returns the row count."""
-    from synthgen.evaluate.run import read_generated
-
-    table = read_generated(generated, storage_options)
-    hrs = [h if h is not None else default_hr for h in table.column("hr").to_pylist()]
-    sig = np.stack([simulate_ecg(h, seed * 1_000_003 + i) for i, h in enumerate(hrs)]) if hrs else \
-        np.zeros((0, N_LEADS, N_SAMPLES), np.float32)
-    signal = pa.FixedSizeListArray.from_arrays(
-        pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1), pa.float32()), N_SAMPLES), N_LEADS)
-    peer = table.select(["ecg_id", "reports", "hr", "label"]).append_column("signal", signal)
-    fs, root = resolve(out, storage_options)
-    buf = pa.BufferOutputStream()
-    pq.write_table(peer, buf, compression="zstd")
-    write_bytes_atomic(fs, join(root, "shards", "part-00000.parquet"), buf.getvalue().to_pybytes())
-    return peer.num_rows
+    """`peer_like` with the ECGSYN-like simulator."""
+    return peer_like(generated, out, peer=simulate_ecg, seed=seed, default_hr=default_hr,
+                     storage_options=storage_options)

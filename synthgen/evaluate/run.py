@@ -3,6 +3,7 @@
 The reference is real vs real, computed in the same run with the same encoder: the validation split plays
 "generated" against the evaluated real split (test by default). A generated figure is only meaningful
 next to it: e.g. FID has no absolute scale, and HR "error" on real ECGs is the detector's own error.
+Peers (`peers.py`: ECGSYN-like, deepfake-ecg) are run on the generated set's conditions and scored the same way.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from synthgen.data.labels import labels_from_text
 from synthgen.errors import InputError
 from synthgen.evaluate import metrics as M
 from synthgen.evaluate.encoder import Encoder, load_encoder, prompts_of
+from synthgen.evaluate.peers import PEERS, get_peer, peer_signals, write_peer_set
 from synthgen.evaluate.plot import plot_ecg
-from synthgen.io.paths import StorageOptions, join, read_parquet, resolve, write_bytes_atomic, write_json_atomic
+from synthgen.generate.writers import read_generated
+from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic, write_json_atomic
 from synthgen.io.shards import read_shards, signals
+from synthgen.model.bundle import shipped_bundle_url
 
 SCHEMA = "evaluation-v1"
 REAL_COLUMNS = ["ecg_id", "signal", "reports", "hr", "af", "pvc", "abnormal"]
@@ -46,26 +50,23 @@ METRICS = {  # key → (label, which way is better)
 }
 
 
-def read_generated(url: str, storage_options: StorageOptions = None) -> pa.Table:
-    """All rows of a `synthgen generate` output (``<url>/shards/part-*.parquet``)."""
-    fs, root = resolve(url, storage_options)
-    parts = sorted(fs.glob(join(root, "shards", "part-*.parquet")))
-    if not parts:
-        raise InputError(f"{url}: no generated shards (shards/part-*.parquet); is it a `synthgen generate` output?")
-    return pa.concat_tables([read_parquet(fs, path, ["ecg_id", "signal", "reports", "hr", "label"])
-                             for path in parts])
-
-
-def _side(enc: Encoder, embedder: Any, x: np.ndarray, reports: list, requested_hr: np.ndarray,
+def _side(enc: Encoder, x: np.ndarray, text: np.ndarray, requested_hr: np.ndarray,
           masks: dict[str, np.ndarray], workers: int) -> dict[str, Any]:
-    """Everything computed on one evaluated set that does not need the other set."""
+    """Everything computed on one evaluated set that does not need the other set (``text``: the joint-space
+    embeddings of its reports)."""
     feats = enc.features(x)
-    text = enc.embed_text(embedder.embed(prompts_of(reports)))
     clip = M.clip_scores(enc.embed_ecg(x), text)
     measured = M.measure_hr(x, workers=workers)
     return {"features": feats, "clip": clip, "clip_by_label": M.grouped_mean(clip, masks),
             "hr_measured": measured, "hr_requested": requested_hr, "hr": M.hr_error(requested_hr, measured),
             "einthoven": M.einthoven(x)}
+
+
+def _score(side: dict, f_target: np.ndarray, f_train: np.ndarray) -> dict[str, float]:
+    """One side's figures against the evaluated real split (its features, FID, precision/recall, memorisation);
+    also stores the memorisation details in ``side["memorisation"]``."""
+    mem = side["memorisation"] = M.memorisation(f_train, side["features"], f_target)
+    return _flat(M.precision_recall(f_target, side["features"]), side, mem, M.fid(f_target, side["features"]))
 
 
 def _flat(pr: dict, side: dict, mem: dict, fid: float) -> dict[str, float]:
@@ -76,14 +77,21 @@ def _flat(pr: dict, side: dict, mem: dict, fid: float) -> dict[str, float]:
             "nn_train_distance_ratio": mem["ratio"], "memorisation_close_share": mem["close_share"]}
 
 
-def evaluate(real: str, generated: str, out: str, *, encoder: str, split: str = "test",
+def evaluate(real: str, generated: str, out: str, *, encoder: str | None = None, split: str = "test",
+             peers: tuple[str, ...] | list[str] = PEERS, peer_seed: int = 0,
              storage_options: StorageOptions = None) -> dict:
     """Evaluate a generated set against the ``split`` of real shards; writes ``<out>/evaluation.json`` and
-    ``<out>/report.html``, prints the table, returns the evaluation dict."""
+    ``<out>/report.html``, prints the table, returns the evaluation dict. Each of ``peers`` (names from
+    `peers.PEERS`) makes one ECG per generated row (its conditions, seed ``peer_seed``) into
+    ``<out>/peers/<name>``, scored beside the generated set."""
     started = time.monotonic()
     if split not in ("train", "val", "test"):
         raise InputError(f"split must be train, val or test, got {split!r}")
+    peers = list(dict.fromkeys(peers))
+    if unknown := [p for p in peers if p not in PEERS]:
+        raise InputError(f"unknown peer(s) {', '.join(map(repr, unknown))}; known: {', '.join(PEERS)}")
     ref_split = "test" if split == "val" else "val"
+    encoder = encoder or shipped_bundle_url("encoder")
     enc = load_encoder(encoder, storage_options)
     embedder = enc.text_embedder()
     target = read_shards(real, split, REAL_COLUMNS, storage_options)
@@ -108,32 +116,48 @@ def evaluate(real: str, generated: str, out: str, *, encoder: str, split: str = 
     workers = min(os.cpu_count() or 1, 8) if gen.num_rows + ref.num_rows >= 400 else 1  # pools cost ~1 s to start
     x_gen = signals(gen)
     gen_hr = gen.column("hr").to_numpy(zero_copy_only=False).astype(np.float64)
-    g = _side(enc, embedder, x_gen, gen_reports, gen_hr, gen_masks, workers)
-    r = _side(enc, embedder, signals(ref), ref_reports,
+    gen_text = enc.embed_text(embedder.embed(prompts_of(gen_reports)))
+    g = _side(enc, x_gen, gen_text, gen_hr, gen_masks, workers)
+    r = _side(enc, signals(ref), enc.embed_text(embedder.embed(prompts_of(ref_reports))),
               ref.column("hr").to_numpy(zero_copy_only=False).astype(np.float64), ref_masks, workers)
     f_target, f_train = enc.features(signals(target)), enc.features(signals(train))
+    flat_g, flat_r = _score(g, f_target, f_train), _score(r, f_target, f_train)
 
-    mem_g = M.memorisation(f_train, g["features"], f_target)
-    mem_r = M.memorisation(f_train, r["features"], f_target)
-    flat_g = _flat(M.precision_recall(f_target, g["features"]), g, mem_g, M.fid(f_target, g["features"]))
-    flat_r = _flat(M.precision_recall(f_target, r["features"]), r, mem_r, M.fid(f_target, r["features"]))
+    p_sides, flat_p, peer_info = {}, {}, {}
+    for name in peers:  # same conditions (reports, requested HR) as the generated rows
+        t0 = time.monotonic()
+        fn, info = get_peer(name)
+        x_peer = peer_signals(gen.column("hr").to_pylist(), fn, seed=peer_seed)
+        peer_out = join(out, "peers", name)
+        write_peer_set(gen, x_peer, peer_out, storage_options)
+        p_sides[name] = _side(enc, x_peer, gen_text, gen_hr, gen_masks, workers)
+        flat_p[name] = _score(p_sides[name], f_target, f_train)
+        peer_info[name] = {**info, "seed": peer_seed, "n": len(x_peer), "set": peer_out,
+                           "wall_s": round(time.monotonic() - t0, 1)}
+        del x_peer
+
+    def by_peer(get: Any) -> dict[str, Any]:
+        return {name: get(side) for name, side in p_sides.items()}
+
     result = {
         "schema": SCHEMA, "real": real, "generated": generated, "split": split, "reference_split": ref_split,
         "encoder": {"url": encoder, "model_hash": enc.model_hash, "embedder": enc.config["embedder"]["name"]},
         "counts": {"generated": gen.num_rows, "real": target.num_rows, "reference": ref.num_rows,
                    "train": train.num_rows},
-        "metrics": {k: {"generated": flat_g[k], "reference": flat_r[k], "better": METRICS[k][1]} for k in METRICS},
+        "peers": peer_info,
+        "metrics": {k: {"generated": flat_g[k], "reference": flat_r[k], "better": METRICS[k][1],
+                        "peers": {name: flat_p[name][k] for name in p_sides}} for k in METRICS},
         "clip_by_label": {k: {"generated": g["clip_by_label"][k]["mean"], "n_generated": g["clip_by_label"][k]["n"],
-                              "reference": r["clip_by_label"][k]["mean"], "n_reference": r["clip_by_label"][k]["n"]}
+                              "reference": r["clip_by_label"][k]["mean"], "n_reference": r["clip_by_label"][k]["n"],
+                              "peers": by_peer(lambda s, k=k: s["clip_by_label"][k]["mean"])}
                           for k in gen_masks},
-        "hr": {"generated": g["hr"], "reference": r["hr"]},
-        "einthoven": {"generated": g["einthoven"], "reference": r["einthoven"]},
-        "memorisation": {"generated": mem_g, "reference": mem_r},
+        **{part: {"generated": g[part], "reference": r[part], "peers": by_peer(lambda s, part=part: s[part])}
+           for part in ("hr", "einthoven", "memorisation")},
     }
     result["wall_s"] = round(time.monotonic() - started, 1)
     fs, root = resolve(out, storage_options)
     write_json_atomic(fs, join(root, "evaluation.json"), _json_safe(result))
-    write_bytes_atomic(fs, join(root, "report.html"), _html(result, g, r, x_gen, gen).encode())
+    write_bytes_atomic(fs, join(root, "report.html"), _html(result, g, r, p_sides, x_gen, gen).encode())
     print(format_table(result), flush=True)
     return result
 
@@ -150,14 +174,19 @@ def _json_safe(obj: Any) -> Any:
 
 
 def format_table(result: dict) -> str:
-    """Plain-text table: each generated figure beside its real-vs-real reference."""
+    """Plain-text table: each generated figure beside its real-vs-real reference and the peers' figures."""
     width = max(len(label) for label, _ in METRICS.values())
-    lines = [f"{'metric':<{width}}  {'generated':>10}  {'reference':>10}  better",
+    peers = list(result.get("peers", {}))
+    cols = [max(10, len(p)) for p in peers]
+    head = "".join(f"  {p:>{w}}" for p, w in zip(peers, cols))
+    sub = "".join(f"  {'(peer)':>{w}}" for w in cols)
+    lines = [f"{'metric':<{width}}  {'generated':>10}  {'reference':>10}{head}  better",
              f"{'':<{width}}  {'(n=' + str(result['counts']['generated']) + ')':>10}  "
-             f"{'(' + result['reference_split'] + ')':>10}"]
+             f"{'(' + result['reference_split'] + ')':>10}{sub}"]
     for key, (label, better) in METRICS.items():
         m = result["metrics"][key]
-        lines.append(f"{label:<{width}}  {m['generated']:>10.4g}  {m['reference']:>10.4g}  {better}")
+        vals = "".join(f"  {m['peers'][p]:>{w}.4g}" for p, w in zip(peers, cols))
+        lines.append(f"{label:<{width}}  {m['generated']:>10.4g}  {m['reference']:>10.4g}{vals}  {better}")
     return "\n".join(lines)
 
 
@@ -170,14 +199,18 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _hr_plot(g: dict, r: dict) -> str:
-    """Requested vs measured HR (paper Fig. 2A), generated and the real reference."""
+PEER_STYLE = {"ecgsyn": dict(marker="x", color="tab:blue"), "deepfake-ecg": dict(marker="^", color="tab:green")}
+
+
+def _hr_plot(g: dict, r: dict, p_sides: dict) -> str:
+    """Requested vs measured HR (paper Fig. 2A): generated, the real reference and the peers."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5))
     for side, name, style in ((r, "real (reference)", dict(marker="+", color="tab:gray")),
+                              *((s, n, dict(s=10, alpha=0.6, **PEER_STYLE.get(n, {}))) for n, s in p_sides.items()),
                               (g, "generated", dict(marker="o", facecolors="none", edgecolors="tab:red"))):
-        ax.scatter(side["hr_requested"], side["hr_measured"], s=14, label=name, **style)
+        ax.scatter(side["hr_requested"], side["hr_measured"], **{"s": 14, "label": name, **style})
     ax.plot([30, 180], [30, 180], "k--", lw=0.8)
     ax.set_xlabel("requested HR (bpm)")
     ax.set_ylabel("measured HR (bpm)")
@@ -191,9 +224,14 @@ def _clip_plot(result: dict) -> str:
     labels = list(result["clip_by_label"])
     vals = result["clip_by_label"]
     x = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))
-    for off, side, color in ((-0.2, "generated", "tab:red"), (0.2, "reference", "tab:gray")):
-        ax.bar(x + off, [np.nan_to_num(vals[k][side]) for k in labels], 0.4, label=side, color=color)
+    bars = [("generated", "tab:red", lambda k: vals[k]["generated"]),
+            ("reference", "tab:gray", lambda k: vals[k]["reference"]),
+            *((p, PEER_STYLE.get(p, {}).get("color"), lambda k, p=p: vals[k]["peers"][p]) for p in result["peers"])]
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(labels) * len(bars)), 4))
+    for j, (name, color, get) in enumerate(bars):
+        ax.bar(x + (j - (len(bars) - 1) / 2) * width, [np.nan_to_num(get(k)) for k in labels], width, label=name,
+               color=color)
     ax.set_xticks(x, [k if len(k) < 22 else k[:20] + "…" for k in labels], rotation=30, ha="right")
     ax.set_ylabel("CLIP score")
     ax.legend()
@@ -217,15 +255,24 @@ def _fmt(v: Any) -> str:
     return "—" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4g}"
 
 
-def _html(result: dict, g: dict, r: dict, x_gen: np.ndarray, gen: pa.Table) -> str:
+def _html(result: dict, g: dict, r: dict, p_sides: dict, x_gen: np.ndarray, gen: pa.Table) -> str:
     """A self-contained page: the table, the HR scatter, per-label CLIP bars, example ECGs (inline PNGs)."""
     e = html.escape
+    peers = list(result["peers"])
+    peer_th = "".join(f"<th>{e(p)}</th>" for p in peers)
     rows = "".join(f"<tr><td>{e(label)}</td><td>{_fmt(result['metrics'][k]['generated'])}</td>"
-                   f"<td>{_fmt(result['metrics'][k]['reference'])}</td><td>{e(better)}</td></tr>"
+                   f"<td>{_fmt(result['metrics'][k]['reference'])}</td>"
+                   + "".join(f"<td>{_fmt(result['metrics'][k]['peers'][p])}</td>" for p in peers)
+                   + f"<td>{e(better)}</td></tr>"
                    for k, (label, better) in METRICS.items())
     clip_rows = "".join(f"<tr><td>{e(k)}</td><td>{_fmt(v['generated'])} (n={v['n_generated']})</td>"
-                        f"<td>{_fmt(v['reference'])} (n={v['n_reference']})</td></tr>"
+                        f"<td>{_fmt(v['reference'])} (n={v['n_reference']})</td>"
+                        + "".join(f"<td>{_fmt(v['peers'][p])}</td>" for p in peers) + "</tr>"
                         for k, v in result["clip_by_label"].items())
+    peer_text = "; ".join(f"{e(p)} {e(i['package'])} {e(i['version'])}, seed {i['seed']}, set "
+                          f"<code>{e(i['set'])}</code>" for p, i in result["peers"].items())
+    peer_note = (f" Peers on the generated set's conditions (reports, requested HR), scored the same way: "
+                 f"{peer_text}.") if peers else ""
     examples = "".join(f"<figure><img src='data:image/png;base64,{b64}' style='width:100%'>"
                        f"<figcaption>{e(cap)}</figcaption></figure>" for cap, b64 in _examples(x_gen, gen))
     c = result["counts"]
@@ -237,11 +284,11 @@ td:nth-child(n+2){{text-align:right}}</style></head><body>
 <code>{e(result['real'])}</code>
 {e(result['split'])} split ({c['real']} ECGs). Reference = real {e(result['reference_split'])} split
 ({c['reference']} ECGs) scored the same way. Encoder <code>{e(result['encoder']['url'])}</code>
-(sha256 {result['encoder']['model_hash'][:12]}…), memorisation against {c['train']} training ECGs.</p>
-<table><tr><th>metric</th><th>generated</th><th>reference</th><th>better</th></tr>{rows}</table>
-<h2>Heart rate: requested vs measured</h2><img src="data:image/png;base64,{_hr_plot(g, r)}">
+(sha256 {result['encoder']['model_hash'][:12]}…), memorisation against {c['train']} training ECGs.{peer_note}</p>
+<table><tr><th>metric</th><th>generated</th><th>reference</th>{peer_th}<th>better</th></tr>{rows}</table>
+<h2>Heart rate: requested vs measured</h2><img src="data:image/png;base64,{_hr_plot(g, r, p_sides)}">
 <h2>CLIP score by label</h2><img src="data:image/png;base64,{_clip_plot(result)}">
-<table><tr><th>label</th><th>generated</th><th>reference</th></tr>{clip_rows}</table>
+<table><tr><th>label</th><th>generated</th><th>reference</th>{peer_th}</tr>{clip_rows}</table>
 <h2>Example generated ECGs</h2>{examples}
 </body></html>
 """

@@ -180,29 +180,43 @@ def specs_fingerprint(specs: list[Spec]) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
-def build_minority_manifest(data: str, label: str, out: str, split: str = "train",
-                            storage_options: StorageOptions = None) -> int:
-    """Write a manifest of the conditions of real ``label`` (af|pvc|abnormal) records, one row each.
+def class_conditions(data: str, label: str | None, *, negative: bool = False, split: str = "train",
+                     storage_options: StorageOptions = None) -> pd.DataFrame:
+    """Manifest rows (report, age, sex, hr, label, n=1) of the real ``split`` records with ``label`` (af|pvc|
+    abnormal) true, or with it false when ``negative`` (labelled ``not_<label>``), in ecg_id order.
+    ``label=None`` takes every record of the split, unlabelled (e.g. the test split's conditions, to evaluate).
 
-    Generating from real minority-class conditions keeps age/sex/HR/report combinations realistic.
-    Returns the number of rows written.
+    Generating from real conditions of a class keeps its age/sex/HR/report combinations realistic.
     """
     from synthgen.io.shards import read_shards  # owned by prepare; imported here to keep the manifest reader light
 
-    if label not in MINORITY_LABELS:
+    if label is not None and label not in MINORITY_LABELS:
         raise InputError(f"--label={label!r}: expected one of {', '.join(MINORITY_LABELS)}")
-    table = read_shards(data, split, ["reports", "age", "sex", "hr", label], storage_options=storage_options)
-    df = table.to_pandas()
-    df = df[df[label].fillna(False).astype(bool)]
+    columns = ["reports", "age", "sex", "hr", *([label] if label else [])]
+    df = read_shards(data, split, columns, storage_options=storage_options).to_pandas()
+    if label is not None:
+        df = df[df[label].fillna(False).astype(bool) != negative]
     if df.empty:
-        raise InputError(f"{data}: no {split} records with {label}=True")
-    manifest = pd.DataFrame({
+        raise InputError(f"{data}: no {split} records" + (f" with {label}={not negative}" if label else ""))
+    return pd.DataFrame({
         "report": [REPORT_SEP.join(r) for r in df["reports"]],
         "age": df["age"].to_numpy(), "sex": df["sex"].to_numpy(), "hr": df["hr"].round(1).to_numpy(),
-        "label": label, "n": 1,
+        "label": "" if label is None else f"not_{label}" if negative else label, "n": 1,
     })
+
+
+def write_manifest(manifest: pd.DataFrame, out: str, storage_options: StorageOptions = None) -> None:
+    """A manifest table as CSV, or Parquet when ``out`` ends in .parquet; written atomically."""
     fs, path = resolve(out, storage_options)
     data_bytes = (manifest.to_parquet(index=False) if path.endswith(".parquet")
                   else manifest.to_csv(index=False).encode())
     write_bytes_atomic(fs, path, data_bytes)
+
+
+def build_minority_manifest(data: str, label: str, out: str, split: str = "train",
+                            storage_options: StorageOptions = None) -> int:
+    """Write a manifest of the conditions of real ``label`` (af|pvc|abnormal) records, one row each, as the
+    paper augments. Returns the number of rows written."""
+    manifest = class_conditions(data, label, split=split, storage_options=storage_options)
+    write_manifest(manifest, out, storage_options)
     return len(manifest)

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from synthgen.conditions.spec import Condition
 from synthgen.ecg import FS, LEADS, N_LEADS, N_SAMPLES
 from synthgen.generate.plan import shard_name
-from synthgen.io.paths import join, write_bytes_atomic
+from synthgen.errors import InputError
+from synthgen.io.paths import StorageOptions, join, read_parquet, resolve, write_bytes_atomic
 
 _PART = re.compile(r"part-(\d+)")
 SCHEMA_VERSION = "generated-v1"
@@ -150,3 +151,13 @@ def write_wfdb_records(fs: fsspec.AbstractFileSystem, out_dir: str, table: pa.Ta
             write_bytes_atomic(fs, join(out_dir, file.name), file.read_bytes())
     # RECORDS (the WFDB database index) goes last: in WFDB-only runs it is the shard's commit marker
     write_bytes_atomic(fs, join(out_dir, "RECORDS"), "".join(f"{r['ecg_id']}\n" for r in rows).encode())
+
+
+def read_generated(url: str, storage_options: StorageOptions = None) -> pa.Table:
+    """All rows of a `synthgen generate` output (``<url>/shards/part-*.parquet``)."""
+    fs, root = resolve(url, storage_options)
+    parts = sorted(fs.glob(join(root, "shards", "part-*.parquet")))
+    if not parts:
+        raise InputError(f"{url}: no generated shards (shards/part-*.parquet); is it a `synthgen generate` output?")
+    return pa.concat_tables([read_parquet(fs, path, ["ecg_id", "signal", "reports", "hr", "label"])
+                             for path in parts])

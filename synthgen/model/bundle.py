@@ -67,11 +67,11 @@ def save_bundle(url: str, vae: VAE, unet: UNet1D, config: dict[str, Any], card: 
     return _sha256(config_bytes)
 
 
-def shipped_bundle_url() -> str:
-    """Directory of the bundle shipped inside the package; InputError if none is installed."""
-    path = importlib.resources.files("synthgen").joinpath("assets", "model")
+def shipped_bundle_url(kind: str = "model") -> str:
+    """Directory of a bundle shipped inside the package (``model`` or ``encoder``); InputError if absent."""
+    path = importlib.resources.files("synthgen").joinpath("assets", kind)
     if not path.joinpath(CONFIG_FILE).is_file():
-        raise InputError(f"no shipped model is installed (expected {path}/{CONFIG_FILE}); "
+        raise InputError(f"no shipped {kind} is installed (expected {path}/{CONFIG_FILE}); "
                          "pass a bundle path or URL")
     return str(path)
 

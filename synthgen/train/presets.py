@@ -26,7 +26,8 @@ class TrainConfig:
     preset: str
     model_size: str = "small"                                 # "small" or "paper" model configs
     vae_model: dict[str, Any] = field(default_factory=dict)   # VAEConfig field overrides
-    unet_model: dict[str, Any] = field(default_factory=dict)  # UNetConfig field overrides (cond_dim comes from the embedder)
+    # UNetConfig field overrides (cond_dim comes from the embedder)
+    unet_model: dict[str, Any] = field(default_factory=dict)
     vae: StageConfig = field(default_factory=lambda: StageConfig(epochs=40, batch_size=64, lr=1e-3))
     diffusion: StageConfig = field(default_factory=lambda: StageConfig(epochs=150, batch_size=64, lr=5e-4))
     kl_weight: float = 1e-3          # final λ of the monotonic KL annealing (KL per latent dimension)

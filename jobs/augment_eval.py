@@ -1,0 +1,50 @@
+"""Entry point for `ray job submit … -- python jobs/augment_eval.py [--config FILE] [flags]`.
+
+Takes the `synthgen augment-eval` flags and/or a YAML config whose keys are the keyword arguments of
+`classifiers.experiment.augment_eval` (jobs/configs/augment-eval.yaml). Trials spread over the cluster's CPUs
+or GPUs; finished trials are kept in OUT/trials/, so resubmitting the same job trains only what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import jobargs
+
+KEYS = ("data", "out", "tasks", "synthetic", "seeds", "epochs", "batch_size", "target_ratio", "n_synthetic",
+        "model", "sampler", "sampler_steps", "seed", "gpu", "storage_options", "progress")
+
+
+def _tasks(value: str) -> list[str]:
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def parse_args(argv: Sequence[str]) -> dict:
+    """Config + flags → keyword arguments of `classifiers.experiment.augment_eval`."""
+    p = jobargs.new_parser("jobs/augment_eval.py", "Net1D classifiers on original vs weighted-loss vs "
+                                                   "synthetic-augmented data (see docs/augment-eval.md).")
+    p.add_argument("--data", help="Prepared shards with train/val/test splits (local or s3://).")
+    p.add_argument("--out", help="Output folder or s3:// URL (every node must reach it).")
+    p.add_argument("--task", dest="tasks", type=_tasks, help="Comma-separated tasks: af, pvc, abnormal.")
+    p.add_argument("--synthetic", help="A `synthgen generate` output (default: generate one per task).")
+    p.add_argument("--seeds", type=int, help="Trials per arm.")
+    p.add_argument("--epochs", type=int, help="Budget in passes over the real training split.")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="Training batch size.")
+    p.add_argument("--target-ratio", dest="target_ratio", type=float, help="Minority : majority of the "
+                                                                            "augmented arm.")
+    p.add_argument("--n-synthetic", dest="n_synthetic", type=int, help="ECGs per class to generate.")
+    p.add_argument("--model", help="Model bundle for generating (default: the shipped model).")
+    p.add_argument("--sampler", help="ddpm, ddim or dpm++.")
+    p.add_argument("--sampler-steps", dest="sampler_steps", type=int, help="Denoising steps.")
+    p.add_argument("--seed", type=int, help="Seed of the synthetic set.")
+    p.add_argument("--gpu", dest="gpu", action="store_const", const=True, help="Trials and sampling on GPUs.")
+    p.add_argument("--cpu", dest="gpu", action="store_const", const=False, help="CPU only, even if GPUs exist.")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, help="Progress bars (default on).")
+    return jobargs.parse(p, argv, KEYS, required=("data", "out"))
+
+
+if __name__ == "__main__":
+    from classifiers.experiment import augment_eval
+
+    jobargs.main(parse_args, augment_eval)
