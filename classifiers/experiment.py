@@ -108,6 +108,7 @@ def summarise(trials: pd.DataFrame) -> pd.DataFrame:
     out = out.join(g.size().rename("seeds")).join(g["train_n"].first()).join(g["synthetic_rows"].first())
     out = out.reset_index()
     out["arm"] = pd.Categorical(out["arm"], ARMS, ordered=True)
+    out["task"] = pd.Categorical(out["task"], list(dict.fromkeys(trials["task"])), ordered=True)  # as asked
     return out.sort_values(["task", "arm"]).reset_index(drop=True)
 
 
