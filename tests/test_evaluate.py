@@ -86,6 +86,17 @@ def test_clip_einthoven_memorisation() -> None:
     assert fresh["close_share"] < 0.15 and 0.7 < fresh["ratio"] < 1.4
 
 
+def test_precision_recall_by_label() -> None:
+    real = RNG.standard_normal((40, 3))
+    fake = np.concatenate([real[:20], real[20:] + 50.0])  # label a: copies; label b: far away
+    real_masks = {"a": np.arange(40) < 20, "b": np.arange(40) >= 20, "rare": np.arange(40) < 10}
+    fake_masks = {"a": np.arange(40) < 20, "b": np.arange(40) >= 20, "rare": np.arange(40) < 3}
+    out = M.pr_by_label(real, real_masks, fake, fake_masks)
+    assert out["a"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "n": 20}
+    assert out["b"]["precision"] == 0.0 and out["b"]["recall"] == 0.0
+    assert math.isnan(out["rare"]["precision"]) and out["rare"]["n"] == 3  # 3 rows: no 3rd neighbour
+
+
 def test_label_masks() -> None:
     reports = [["atrial fibrillation"], ["sinus rhythm", "normal ECG"], []]
     masks = M.label_masks(reports, lambda r: {"af": "atrial fibrillation" in r, "pvc": False,
@@ -203,6 +214,8 @@ def test_evaluate_end_to_end(small_shards, generated, encoder_bundle, tmp_path, 
         assert math.isfinite(result["metrics"][k]["generated"]) and math.isfinite(result["metrics"][k]["reference"])
     assert saved["clip_by_label"]["af"]["n_generated"] == 6
     assert {"af", "pvc", "abnormal", "normal"} <= set(saved["clip_by_label"])
+    assert set(saved["pr_by_label"]) == set(saved["clip_by_label"])
+    assert saved["pr_by_label"]["normal"]["generated"]["n"] == saved["clip_by_label"]["normal"]["n_generated"]
     assert saved["hr"]["generated"]["n_requested"] == 12
     # peers on the same conditions, scored the same way, in their own columns
     peers = ("ecgsyn", "deepfake-ecg")
@@ -213,12 +226,13 @@ def test_evaluate_end_to_end(small_shards, generated, encoder_bundle, tmp_path, 
         assert set(saved["metrics"][k]["peers"]) == set(peers)
         assert all(math.isfinite(v) for v in saved["metrics"][k]["peers"].values())
     assert saved["metrics"]["einthoven_iii_residual_mv"]["peers"]["deepfake-ecg"] < 1e-6
-    assert set(saved["clip_by_label"]["af"]["peers"]) == set(peers)
+    assert set(saved["clip_by_label"]["af"]["peers"]) == set(peers) == set(saved["pr_by_label"]["af"]["peers"])
     assert saved["hr"]["peers"]["ecgsyn"]["n_requested"] == 12
     for p in peers:
         assert len(list((tmp_path / "eval" / "peers" / p / "shards").glob("part-*.parquet"))) == 1
     page = (tmp_path / "eval" / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 5 and "<table>" in page and "<th>deepfake-ecg</th>" in page
+    assert "Precision / recall / F1 (k=3) by label" in page
     printed = capsys.readouterr().out
     assert "FID" in printed and "ecgsyn" in printed and "deepfake-ecg" in printed
 

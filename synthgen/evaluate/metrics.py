@@ -83,6 +83,19 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int 
     return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r > 0 else 0.0}
 
 
+def pr_by_label(real: np.ndarray, real_masks: dict[str, np.ndarray], fake: np.ndarray,
+                fake_masks: dict[str, np.ndarray], k: int = 3) -> dict[str, dict[str, float | int]]:
+    """Precision/recall/F1 within each label (the paper's Fig. 2E): generated rows of a label against real rows
+    of the same label. NaN where either side has k or fewer rows (no k-th neighbour)."""
+    out: dict[str, dict[str, float | int]] = {}
+    for name, fm in fake_masks.items():
+        rm = real_masks[name]
+        pr = (precision_recall(real[rm], fake[fm], k) if fm.sum() > k and rm.sum() > k
+              else {"precision": float("nan"), "recall": float("nan"), "f1": float("nan")})
+        out[name] = {**pr, "n": int(fm.sum())}
+    return out
+
+
 def measure_hr(x: np.ndarray, fs: float = FS, workers: int = 1) -> np.ndarray:
     """Heart rate (bpm) measured on each ECG (N, 12, T) by the project's QRS detection; NaN where none.
 

@@ -62,6 +62,15 @@ def _side(enc: Encoder, x: np.ndarray, text: np.ndarray, requested_hr: np.ndarra
             "einthoven": M.einthoven(x)}
 
 
+def _real_masks(table: pa.Table, statements: list[str]) -> dict[str, np.ndarray]:
+    """Label masks of real rows: af / pvc / abnormal from the shards' labels, normal = not abnormal, and one
+    per report statement (the same keys `metrics.label_masks` gives generated rows)."""
+    masks = {k: table.column(k).to_numpy(zero_copy_only=False).astype(bool) for k in ("af", "pvc", "abnormal")}
+    reports = table.column("reports").to_pylist()
+    return {**masks, "normal": ~masks["abnormal"],
+            **{s: np.array([s in (r or []) for r in reports], bool) for s in statements}}
+
+
 def _score(side: dict, f_target: np.ndarray, f_train: np.ndarray) -> dict[str, float]:
     """One side's figures against the evaluated real split (its features, FID, precision/recall, memorisation);
     also stores the memorisation details in ``side["memorisation"]``."""
@@ -108,9 +117,7 @@ def evaluate(real: str, generated: str, out: str, *, encoder: str | None = None,
     statements = [s for s, _ in counts.most_common(N_STATEMENTS)]
     gen_reports = gen.column("reports").to_pylist()
     ref_reports = ref.column("reports").to_pylist()
-    ref_masks = {k: ref.column(k).to_numpy(zero_copy_only=False).astype(bool) for k in ("af", "pvc", "abnormal")}
-    ref_masks = {**ref_masks, "normal": ~ref_masks["abnormal"],
-                 **{s: np.array([s in (r or []) for r in ref_reports], bool) for s in statements}}
+    ref_masks, target_masks = _real_masks(ref, statements), _real_masks(target, statements)
     gen_masks = M.label_masks(gen_reports, labels_from_text, statements)
 
     workers = min(os.cpu_count() or 1, 8) if gen.num_rows + ref.num_rows >= 400 else 1  # pools cost ~1 s to start
@@ -122,6 +129,8 @@ def evaluate(real: str, generated: str, out: str, *, encoder: str | None = None,
               ref.column("hr").to_numpy(zero_copy_only=False).astype(np.float64), ref_masks, workers)
     f_target, f_train = enc.features(signals(target)), enc.features(signals(train))
     flat_g, flat_r = _score(g, f_target, f_train), _score(r, f_target, f_train)
+    pr_g, pr_r = M.pr_by_label(f_target, target_masks, g["features"], gen_masks), \
+        M.pr_by_label(f_target, target_masks, r["features"], ref_masks)
 
     p_sides, flat_p, peer_info = {}, {}, {}
     for name in peers:  # same conditions (reports, requested HR) as the generated rows
@@ -132,6 +141,7 @@ def evaluate(real: str, generated: str, out: str, *, encoder: str | None = None,
         write_peer_set(gen, x_peer, peer_out, storage_options)
         p_sides[name] = _side(enc, x_peer, gen_text, gen_hr, gen_masks, workers)
         flat_p[name] = _score(p_sides[name], f_target, f_train)
+        p_sides[name]["pr_by_label"] = M.pr_by_label(f_target, target_masks, p_sides[name]["features"], gen_masks)
         peer_info[name] = {**info, "seed": peer_seed, "n": len(x_peer), "set": peer_out,
                            "wall_s": round(time.monotonic() - t0, 1)}
         del x_peer
@@ -151,6 +161,8 @@ def evaluate(real: str, generated: str, out: str, *, encoder: str | None = None,
                               "reference": r["clip_by_label"][k]["mean"], "n_reference": r["clip_by_label"][k]["n"],
                               "peers": by_peer(lambda s, k=k: s["clip_by_label"][k]["mean"])}
                           for k in gen_masks},
+        "pr_by_label": {k: {"generated": pr_g[k], "reference": pr_r[k], "n_real": int(target_masks[k].sum()),
+                            "peers": by_peer(lambda s, k=k: s["pr_by_label"][k])} for k in gen_masks},
         **{part: {"generated": g[part], "reference": r[part], "peers": by_peer(lambda s, part=part: s[part])}
            for part in ("hr", "einthoven", "memorisation")},
     }
@@ -269,6 +281,12 @@ def _html(result: dict, g: dict, r: dict, p_sides: dict, x_gen: np.ndarray, gen:
                         f"<td>{_fmt(v['reference'])} (n={v['n_reference']})</td>"
                         + "".join(f"<td>{_fmt(v['peers'][p])}</td>" for p in peers) + "</tr>"
                         for k, v in result["clip_by_label"].items())
+    def prf(v: dict) -> str:
+        return "/".join(_fmt(v[m]) for m in ("precision", "recall", "f1"))
+
+    pr_rows = "".join(f"<tr><td>{e(k)}</td><td>{prf(v['generated'])} (n={v['generated']['n']})</td>"
+                      f"<td>{prf(v['reference'])}</td>" + "".join(f"<td>{prf(v['peers'][p])}</td>" for p in peers)
+                      + f"<td>{v['n_real']}</td></tr>" for k, v in result["pr_by_label"].items())
     peer_text = "; ".join(f"{e(p)} {e(i['package'])} {e(i['version'])}, seed {i['seed']}, set "
                           f"<code>{e(i['set'])}</code>" for p, i in result["peers"].items())
     peer_note = (f" Peers on the generated set's conditions (reports, requested HR), scored the same way: "
@@ -289,6 +307,9 @@ td:nth-child(n+2){{text-align:right}}</style></head><body>
 <h2>Heart rate: requested vs measured</h2><img src="data:image/png;base64,{_hr_plot(g, r, p_sides)}">
 <h2>CLIP score by label</h2><img src="data:image/png;base64,{_clip_plot(result)}">
 <table><tr><th>label</th><th>generated</th><th>reference</th>{peer_th}</tr>{clip_rows}</table>
+<h2>Precision / recall / F1 (k=3) by label</h2><p>Each label's generated ECGs against the real
+{e(result['split'])} ECGs of the same label (— where either side has 3 or fewer).</p>
+<table><tr><th>label</th><th>generated</th><th>reference</th>{peer_th}<th>real ECGs</th></tr>{pr_rows}</table>
 <h2>Example generated ECGs</h2>{examples}
 </body></html>
 """
