@@ -51,34 +51,44 @@ def check_task(task: str) -> None:
         raise InputError(f"--task {task!r}: expected one of {', '.join(TASKS)}")
 
 
-def real_splits(data: str, task: str, storage_options: StorageOptions = None) -> dict[str, LabelledSet]:
-    """The train/val/test splits of prepared shards for ``task``; refuses splits that share a patient.
+def real_task_splits(data: str, tasks: list[str],
+                     storage_options: StorageOptions = None) -> dict[str, dict[str, LabelledSet]]:
+    """The train/val/test splits of prepared shards for each of ``tasks``, read once (the tasks share the ECG
+    arrays); refuses splits that share a patient, and splits with one class only.
 
     A record-level split lets a patient's other ECGs leak into the test set; prepare splits by patient, and
     this check keeps shards from elsewhere honest.
     """
-    check_task(task)
-    table = read_shards(data, columns=["signal", "split", "patient_id", task], storage_options=storage_options)
+    for task in tasks:
+        check_task(task)
+    table = read_shards(data, columns=["signal", "split", "patient_id", *tasks], storage_options=storage_options)
     split = np.asarray(table.column("split").to_pylist())
     patients = np.asarray(table.column("patient_id").to_pylist(), dtype=object)
-    y = np.asarray(table.column(task).fill_null(False).to_pylist(), dtype=np.int64)
-    x = signals(table)
-    out = {}
-    for name in SPLITS:
-        keep = split == name
-        if not keep.any():
-            raise InputError(f"{data}: no {name} split; augment-eval needs train, val and test")
-        out[name] = LabelledSet(x[keep], y[keep])
-        if len(set(out[name].y.tolist())) < 2:
-            raise InputError(f"{data}: the {name} split has only {task}={bool(out[name].y[0])} records; "
-                             "both classes are needed")
-    shared = {a: b for a, b in (("train", "val"), ("train", "test"), ("val", "test"))
-              if set(patients[split == a]) & set(patients[split == b])}
-    if shared:
-        a, b = next(iter(shared.items()))
-        raise InputError(f"{data}: patients appear in both the {a} and {b} splits; augment-eval needs "
+    leak = next(((a, b) for a, b in (("train", "val"), ("train", "test"), ("val", "test"))
+                 if set(patients[split == a]) & set(patients[split == b])), None)
+    if leak:
+        raise InputError(f"{data}: patients appear in both the {leak[0]} and {leak[1]} splits; augment-eval needs "
                          "patient-disjoint splits (as `synthgen prepare` makes)")
+    x, keep = signals(table), {}
+    for name in SPLITS:
+        keep[name] = split == name
+        if not keep[name].any():
+            raise InputError(f"{data}: no {name} split; augment-eval needs train, val and test")
+    xs = {name: x[k] for name, k in keep.items()}
+    out: dict[str, dict[str, LabelledSet]] = {}
+    for task in tasks:
+        y = np.asarray(table.column(task).fill_null(False).to_pylist(), dtype=np.int64)
+        out[task] = {name: LabelledSet(xs[name], y[k]) for name, k in keep.items()}
+        for name, part in out[task].items():
+            if len(set(part.y.tolist())) < 2:
+                raise InputError(f"{data}: the {name} split has only {task}={bool(part.y[0])} records; "
+                                 "both classes are needed")
     return out
+
+
+def real_splits(data: str, task: str, storage_options: StorageOptions = None) -> dict[str, LabelledSet]:
+    """`real_task_splits` for one task."""
+    return real_task_splits(data, [task], storage_options)[task]
 
 
 def synthetic_set(url: str, task: str, storage_options: StorageOptions = None) -> LabelledSet:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from classifiers.arms import ARMS, Arm, build_arms, minority_class
-from classifiers.data import TASKS, LabelledSet, check_task, real_splits, synthetic_set
+from classifiers.data import TASKS, LabelledSet, check_task, real_task_splits, synthetic_set
 from classifiers.metrics import SCORES
 from classifiers.train import TrialConfig, train_trial
 from synthgen import __version__
@@ -168,7 +168,7 @@ def augment_eval(data: str, out: str, *, tasks: tuple[str, ...] | list[str] = TA
     t0 = time.perf_counter()
     fs, root = resolve(out, storage_options)
     prepared, provenance = {}, {}
-    real = {task: real_splits(data, task, storage_options) for task in tasks}  # bad data fails before sampling
+    real = real_task_splits(data, tasks, storage_options)  # bad data fails before any sampling
     for task, splits in real.items():
         syn_url = synthetic or generate_synthetic(
             data, task, out, n_synthetic, model=model, sampler=sampler, steps=sampler_steps, seed=seed, gpu=gpu,
@@ -207,12 +207,13 @@ def augment_eval(data: str, out: str, *, tasks: tuple[str, ...] | list[str] = TA
 
 
 def _run_trials(prepared: dict, inputs: dict, fs: fsspec.AbstractFileSystem, root: str, *, seeds: int, epochs: int,
-                batch_size: int,
-                gpu: bool | None, progress: bool) -> list[dict]:
-    """Every (task, arm, seed) trial on Ray, one per CPU (or GPU); finished ones are read back, not retrained."""
+                batch_size: int, gpu: bool | None, progress: bool) -> list[dict]:
+    """Every (task, arm, seed) trial on Ray, one per CPU (or GPU), in that order; finished ones are read back,
+    not retrained."""
     from tqdm import tqdm
 
-    results, pending = [], []
+    results: list[dict | None] = []
+    waiting = {}  # Ray ref → (index in results, path, key, arm)
     with ray_session(num_cpus=os.cpu_count() or 1) as ray:
         use_gpu = gpu if gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
         remote = ray.remote(_run_trial).options(num_cpus=1, num_gpus=1 if use_gpu else 0)
@@ -220,34 +221,33 @@ def _run_trials(prepared: dict, inputs: dict, fs: fsspec.AbstractFileSystem, roo
             per_epoch = max(1, len(splits["train"]) // batch_size)
             val, test = ray.put(splits["val"]), ray.put(splits["test"])
             minority = minority_class(splits["train"])
+            train_refs = {}  # original and weighted share one training set: put it once
             for arm in arms:
-                train_ref = None
                 for s in range(seeds):
                     cfg = TrialConfig(task, arm.name, s, steps=epochs * per_epoch, eval_every=per_epoch,
                                       batch_size=batch_size, class_weight=arm.class_weight)
                     key = _trial_key(cfg, inputs, arm)
                     path = join(root, "trials", f"{cfg.name}.json")
-                    if fs.exists(path) and read_json(fs, path).get("key") == key:
-                        results.append(read_json(fs, path))
+                    stored = read_json(fs, path) if fs.exists(path) else {}
+                    if stored.get("key") == key:
+                        results.append(stored)
                         continue
-                    train_ref = train_ref or ray.put(arm.train)
-                    ref = remote.remote(cfg, train_ref, val, test, minority, use_gpu)
-                    pending.append((ref, path, key, arm))
-        bar = tqdm(total=len(results) + len(pending), initial=len(results), desc="augment-eval trials",
+                    if id(arm.train) not in train_refs:
+                        train_refs[id(arm.train)] = ray.put(arm.train)
+                    ref = remote.remote(cfg, train_refs[id(arm.train)], val, test, minority, use_gpu)
+                    waiting[ref] = (len(results), path, key, arm)
+                    results.append(None)
+        bar = tqdm(total=len(results), initial=len(results) - len(waiting), desc="augment-eval trials",
                    unit="trial", disable=not progress)
-        waiting = {ref: (path, key, arm) for ref, path, key, arm in pending}
         while waiting:
             done, _ = ray.wait(list(waiting), num_returns=1)
-            path, key, arm = waiting.pop(done[0])
-            result = {**ray.get(done[0]), "key": key, "synthetic_rows": arm.synthetic_rows}
+            i, path, key, arm = waiting.pop(done[0])
+            result = results[i] = {**ray.get(done[0]), "key": key, "synthetic_rows": arm.synthetic_rows}
             write_json_atomic(fs, path, result)
-            results.append(result)
             bar.update(1)
             bar.set_postfix_str(f"{result['trial']} test F1 {result['test']['f1']:.2f}")
         bar.close()
-    order = {(t, a, s): i for i, (t, a, s) in enumerate((t, a.name, s) for t, (_, arms) in prepared.items()
-                                                       for a in arms for s in range(seeds))}
-    return sorted(results, key=lambda r: order[(r["config"]["task"], r["config"]["arm"], r["config"]["seed"])])
+    return results
 
 
 def _trial_key(cfg: TrialConfig, inputs: dict, arm: Arm) -> str:

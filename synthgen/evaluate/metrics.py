@@ -163,8 +163,12 @@ def label_masks(reports: Sequence[Sequence[str]], labels: Callable[[Sequence[str
                 statements: Sequence[str]) -> dict[str, np.ndarray]:
     """Boolean masks: af / pvc / abnormal / normal from ``labels(reports)``, and one per report statement."""
     rows = [labels(r or []) for r in reports]
-    masks = {name: np.array([row[name] for row in rows], bool) for name in ("af", "pvc", "abnormal")}
-    masks["normal"] = ~masks["abnormal"]
-    for s in statements:
-        masks[s] = np.array([s in (r or []) for r in reports], bool)
-    return masks
+    return masks_from_flags({name: np.array([row[name] for row in rows], bool) for name in ("af", "pvc", "abnormal")},
+                            reports, statements)
+
+
+def masks_from_flags(flags: dict[str, np.ndarray], reports: Sequence[Sequence[str] | None],
+                     statements: Sequence[str]) -> dict[str, np.ndarray]:
+    """af / pvc / abnormal ``flags`` plus normal (= not abnormal) and one mask per report statement."""
+    return {**flags, "normal": ~flags["abnormal"],
+            **{s: np.array([s in (r or []) for r in reports], bool) for s in statements}}

@@ -57,23 +57,22 @@ def _side(enc: Encoder, x: np.ndarray, text: np.ndarray, requested_hr: np.ndarra
     feats = enc.features(x)
     clip = M.clip_scores(enc.embed_ecg(x), text)
     measured = M.measure_hr(x, workers=workers)
-    return {"features": feats, "clip": clip, "clip_by_label": M.grouped_mean(clip, masks),
+    return {"features": feats, "masks": masks, "clip": clip, "clip_by_label": M.grouped_mean(clip, masks),
             "hr_measured": measured, "hr_requested": requested_hr, "hr": M.hr_error(requested_hr, measured),
             "einthoven": M.einthoven(x)}
 
 
 def _real_masks(table: pa.Table, statements: list[str]) -> dict[str, np.ndarray]:
-    """Label masks of real rows: af / pvc / abnormal from the shards' labels, normal = not abnormal, and one
-    per report statement (the same keys `metrics.label_masks` gives generated rows)."""
-    masks = {k: table.column(k).to_numpy(zero_copy_only=False).astype(bool) for k in ("af", "pvc", "abnormal")}
-    reports = table.column("reports").to_pylist()
-    return {**masks, "normal": ~masks["abnormal"],
-            **{s: np.array([s in (r or []) for r in reports], bool) for s in statements}}
+    """Label masks of real rows, from the shards' labels (generated rows get theirs from `metrics.label_masks`)."""
+    flags = {k: table.column(k).to_numpy(zero_copy_only=False).astype(bool) for k in ("af", "pvc", "abnormal")}
+    return M.masks_from_flags(flags, table.column("reports").to_pylist(), statements)
 
 
-def _score(side: dict, f_target: np.ndarray, f_train: np.ndarray) -> dict[str, float]:
+def _score(side: dict, f_target: np.ndarray, target_masks: dict[str, np.ndarray],
+           f_train: np.ndarray) -> dict[str, float]:
     """One side's figures against the evaluated real split (its features, FID, precision/recall, memorisation);
-    also stores the memorisation details in ``side["memorisation"]``."""
+    also stores the memorisation details and the per-label precision/recall in ``side``."""
+    side["pr_by_label"] = M.pr_by_label(f_target, target_masks, side["features"], side["masks"])
     mem = side["memorisation"] = M.memorisation(f_train, side["features"], f_target)
     return _flat(M.precision_recall(f_target, side["features"]), side, mem, M.fid(f_target, side["features"]))
 
@@ -128,9 +127,7 @@ def evaluate(real: str, generated: str, out: str, *, encoder: str | None = None,
     r = _side(enc, signals(ref), enc.embed_text(embedder.embed(prompts_of(ref_reports))),
               ref.column("hr").to_numpy(zero_copy_only=False).astype(np.float64), ref_masks, workers)
     f_target, f_train = enc.features(signals(target)), enc.features(signals(train))
-    flat_g, flat_r = _score(g, f_target, f_train), _score(r, f_target, f_train)
-    pr_g, pr_r = M.pr_by_label(f_target, target_masks, g["features"], gen_masks), \
-        M.pr_by_label(f_target, target_masks, r["features"], ref_masks)
+    flat_g, flat_r = _score(g, f_target, target_masks, f_train), _score(r, f_target, target_masks, f_train)
 
     p_sides, flat_p, peer_info = {}, {}, {}
     for name in peers:  # same conditions (reports, requested HR) as the generated rows
@@ -140,8 +137,7 @@ def evaluate(real: str, generated: str, out: str, *, encoder: str | None = None,
         peer_out = join(out, "peers", name)
         write_peer_set(gen, x_peer, peer_out, storage_options)
         p_sides[name] = _side(enc, x_peer, gen_text, gen_hr, gen_masks, workers)
-        flat_p[name] = _score(p_sides[name], f_target, f_train)
-        p_sides[name]["pr_by_label"] = M.pr_by_label(f_target, target_masks, p_sides[name]["features"], gen_masks)
+        flat_p[name] = _score(p_sides[name], f_target, target_masks, f_train)
         peer_info[name] = {**info, "seed": peer_seed, "n": len(x_peer), "set": peer_out,
                            "wall_s": round(time.monotonic() - t0, 1)}
         del x_peer
@@ -161,7 +157,8 @@ def evaluate(real: str, generated: str, out: str, *, encoder: str | None = None,
                               "reference": r["clip_by_label"][k]["mean"], "n_reference": r["clip_by_label"][k]["n"],
                               "peers": by_peer(lambda s, k=k: s["clip_by_label"][k]["mean"])}
                           for k in gen_masks},
-        "pr_by_label": {k: {"generated": pr_g[k], "reference": pr_r[k], "n_real": int(target_masks[k].sum()),
+        "pr_by_label": {k: {"generated": g["pr_by_label"][k], "reference": r["pr_by_label"][k],
+                            "n_real": int(target_masks[k].sum()),
                             "peers": by_peer(lambda s, k=k: s["pr_by_label"][k])} for k in gen_masks},
         **{part: {"generated": g[part], "reference": r[part], "peers": by_peer(lambda s, part=part: s[part])}
            for part in ("hr", "einthoven", "memorisation")},
