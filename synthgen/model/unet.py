@@ -1,6 +1,7 @@
 """The noise predictor: a 1-D U-Net on VAE latents (B, 4, 128) that cross-attends to condition tokens.
 
-Conditions become four tokens — text embedding, age, sex, heart rate — each with a learned null token
+Heart rate also enters as Fourier features + an MLP added to the timestep embedding, so its magnitude
+reaches every residual block (a LayerNorm'd token alone keeps little of it). Conditions become four tokens — text embedding, age, sex, heart rate — each with a learned null token
 used when that condition is missing (or dropped for classifier-free guidance), plus a learned per-token
 type embedding so the attention can tell them apart. Cross-attention sits at the attention levels of the
 down and up paths and in the bottleneck, as in DiffuSETS (their Fig. 5).
@@ -19,6 +20,7 @@ from synthgen.model.vae import Downsample, ResBlock, Upsample
 
 N_TOKENS = 4  # text, age, sex, hr
 N_PATIENT = 3  # age, sex, hr: the column order of PatientStats.encode
+HR_COLUMN = 2
 
 
 @dataclass
@@ -138,6 +140,25 @@ class ConditionTokens(nn.Module):
         return self.norm(tokens + self.type_embedding)
 
 
+class HeartRateEmbedding(nn.Module):
+    """z-scored heart rate (B,) -> (B, dim): sin/cos at fixed log-spaced frequencies, then an MLP.
+
+    Fourier features let a small MLP express a sharp, monotone response across 40–180 bpm (Tancik et al.,
+    NeurIPS 2020); a missing rate uses a learned null vector, like the missing tokens.
+    """
+
+    def __init__(self, dim: int, n_freqs: int = 16):
+        super().__init__()
+        self.register_buffer("freqs", torch.logspace(-1.0, 1.0, n_freqs), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * n_freqs, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.null = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, hr: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        args = hr.float()[:, None] * self.freqs[None]
+        emb = self.mlp(torch.cat([torch.sin(args), torch.cos(args)], dim=-1))
+        return torch.where(present[:, None].bool(), emb, self.null.to(emb.dtype))
+
+
 class UNet1D(nn.Module):
     """eps_theta(z_t, t, conditions): predicts the noise added to a latent at timestep t."""
 
@@ -148,6 +169,7 @@ class UNet1D(nn.Module):
         temb_dim = 4 * cfg.base_channels
         self.time_embed = nn.Sequential(nn.Linear(cfg.base_channels, temb_dim), nn.SiLU(),
                                         nn.Linear(temb_dim, temb_dim))
+        self.hr_embed = HeartRateEmbedding(temb_dim)
         self.tokens = ConditionTokens(cfg.cond_dim, cfg.token_dim)
         self.conv_in = nn.Conv1d(cfg.in_channels, chs[0], 3, padding=1)
 
@@ -177,6 +199,7 @@ class UNet1D(nn.Module):
         M=1/F=0, hr z], patient_present (B,3) bool -> eps (B,4,128)."""
         tokens = self.tokens(text, text_present, patient, patient_present)
         temb = self.time_embed(timestep_embedding(t, self.cfg.base_channels))
+        temb = temb + self.hr_embed(patient[:, HR_COLUMN], patient_present[:, HR_COLUMN])
         h = self.conv_in(z_t)
         skips = []
         for stage, down in zip(self.down, self.downsample):

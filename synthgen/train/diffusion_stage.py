@@ -2,7 +2,9 @@
 
 Latents come from the frozen stage-1 VAE on the fly (a fresh posterior sample each epoch, scaled by the
 fitted latent scale); report embeddings come from the shared embedding cache, filled by the driver.
-Conditions are dropped at random — all of them (classifier-free guidance), the report alone, or each
+Checkpoints are chosen by what the model makes, not by ε-MSE alone: every ``sample_check_every`` epochs
+(and at the last) the EMA weights sample ECGs for fixed validation conditions with the default and a fast
+sampler, and the kept weights are those with the lowest ``sample_score``. Conditions are dropped at random — all of them (classifier-free guidance), the report alone, or each
 patient feature alone (so a manifest row may leave age, sex or HR blank).
 """
 
@@ -15,32 +17,49 @@ import torch
 import torch.nn.functional as F
 
 from synthgen.conditions.embedders import get_embedder
+from synthgen.conditions.spec import Condition
+from synthgen.data.plausibility import check_many
+from synthgen.model.bundle import Bundle
 from synthgen.model.schedulers import make_scheduler
 from synthgen.model.unet import UNet1D, UNetConfig
 from synthgen.model.vae import VAE, VAEConfig
+from synthgen.pipeline import ECGPipeline
 from synthgen.train.datasets import iter_numpy
-from synthgen.train.loop import fit, mean_over_workers, unwrap
+from synthgen.train.loop import fit, mean_over_workers, seed_worker, shuffle_seed, unwrap
 from synthgen.train.presets import TrainConfig
 
 
 class EMA:
-    """Exponential moving average of a model's weights: what gets validated and shipped."""
+    """Exponential moving average of a model's weights, with warm-up: what gets validated and shipped.
+
+    The decay at update n is min(decay, (1 + n) / (10 + n)) (diffusers' EMAModel default warm-up), so the
+    initial weights fade within the first few hundred steps. A fixed decay keeps decay**n of them: after
+    2,350 steps at 0.999 that is 9.5 % of every weight — and the U-Net's zero-initialised output layer then
+    shrinks every predicted noise (issue 10: |eps_hat|/|eps| ~ 0.90 at high t in the old shipped model).
+    """
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.model, self.decay = copy.deepcopy(model).eval().requires_grad_(False), decay
+        self.updates = 0
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        decay = self.current_decay()
         for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p, 1.0 - self.decay)
+            e.lerp_(p, 1.0 - decay)
         for e, b in zip(self.model.buffers(), model.buffers()):
             e.copy_(b)
+        self.updates += 1
 
     def state_dict(self) -> dict:
-        return self.model.state_dict()
+        return {"model": self.model.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state)
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])
 
 
 def drop_conditions(text_present: torch.Tensor, present: torch.Tensor, tc: TrainConfig,
@@ -51,6 +70,21 @@ def drop_conditions(text_present: torch.Tensor, present: torch.Tensor, tc: Train
     drop_text = drop_all | (torch.rand(n, generator=generator) < tc.p_drop_text)
     drop_feat = drop_all[:, None] | (torch.rand(present.shape, generator=generator) < tc.p_drop_feature)
     return text_present & ~drop_text, present & ~drop_feat
+
+
+def sample_score(ecgs: Any, requested_hr: Any) -> dict[str, float]:
+    """Near-flat share, unmeasurable-HR share and HR MAE (bpm) of sampled ECGs, and their combination
+    ``score = HR MAE + 100 × (near-flat or unmeasurable share)``: one bad ECG in a hundred costs as much as
+    one bpm of error (lower is better)."""
+    import numpy as np
+
+    verdicts = check_many(ecgs, requested_hr)
+    bad = np.mean([("near_flat" in v.reasons) or v.measured_hr is None for v in verdicts])
+    errors = [abs(v.measured_hr - h) for v, h in zip(verdicts, requested_hr) if v.measured_hr is not None and h == h]
+    mae = float(np.mean(errors)) if errors else 250.0
+    return {"near_flat": float(np.mean(["near_flat" in v.reasons for v in verdicts])),
+            "hr_unmeasurable": float(np.mean([v.measured_hr is None for v in verdicts])),
+            "hr_mae": mae, "score": mae + 100.0 * float(bad)}
 
 
 def diffusion_worker(config: dict[str, Any]) -> None:
@@ -72,7 +106,15 @@ def diffusion_worker(config: dict[str, Any]) -> None:
     ema = EMA(unet, tc.ema_decay)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=tc.diffusion.lr, weight_decay=tc.diffusion.weight_decay)
     unet = ray.train.torch.prepare_model(unet)
+    seed_worker(tc.seed)
     ema.model.to(device)
+    check_conditions = [Condition(**c) for c in config["check_conditions"]]
+    sampling = ECGPipeline(
+        Bundle(vae, ema.model, {"embedder": {"name": embedder.name, "dim": embedder.dim},
+                                "patient_stats": config["patient_stats"], "latent_scale": scale,
+                                "noise": {"T": tc.num_timesteps, "beta_start": tc.beta_start,
+                                          "beta_end": tc.beta_end}}, "training", ""),
+        embedder=embedder, device=device)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
@@ -104,19 +146,33 @@ def diffusion_worker(config: dict[str, Any]) -> None:
         return float(loss)
 
     @torch.no_grad()
-    def validate() -> float:
-        """ε-MSE of the EMA weights on the validation split, with fixed noise and timesteps every epoch."""
+    def validate(epoch: int) -> dict[str, float]:
+        """ε-MSE of the EMA weights on the validation split (fixed noise and timesteps every epoch) and, on
+        sample-check epochs, the sample score of ECGs from fixed validation conditions and seeds."""
         generator, total, count = torch.Generator().manual_seed(1234), 0.0, 0
         for batch in iter_numpy(val_shard, tc.diffusion.batch_size, shuffle=False):
             z_t, t, text, patient, present, noise = inputs(batch, generator)
             eps = ema.model(z_t, t, text, torch.ones(len(t), dtype=torch.bool, device=device), patient, present)
             total, count = total + float(F.mse_loss(eps, noise)) * len(t), count + len(t)
-        return mean_over_workers(total, count)
+        metrics = {"val_loss": mean_over_workers(total, count)}
+        if (epoch + 1) % tc.sample_check_every and epoch + 1 != tc.diffusion.epochs:
+            return metrics
+        requested = [float("nan") if c.hr is None else float(c.hr) for c in check_conditions]
+        seeds = list(range(len(check_conditions)))
+        scores = []
+        for sampler, steps in tc.sample_check_samplers:
+            ecgs = sampling(check_conditions, seeds, sampler=sampler, steps=steps, guidance=tc.sample_check_guidance)
+            found = sample_score(ecgs, requested)
+            metrics.update({f"{sampler}{steps}_{k}": v for k, v in found.items()})
+            scores.append(found["score"])
+        metrics["select"] = sum(scores) / len(scores)
+        return metrics
 
     fit(
         name="diffusion", stage=tc.diffusion,
         stateful={"model": unwrap(unet), "ema": ema, "optimizer": optimizer},
         best_source=ema.model,
-        batches=lambda epoch: iter_numpy(train_shard, tc.diffusion.batch_size, shuffle=True, seed=tc.seed + epoch),
+        batches=lambda epoch: iter_numpy(train_shard, tc.diffusion.batch_size, shuffle=True,
+                                          seed=shuffle_seed(tc.seed, epoch)),
         train_step=train_step, validate=validate,
     )

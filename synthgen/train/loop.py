@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 
 from synthgen.train.presets import StageConfig
@@ -27,7 +28,7 @@ class Progress:
     epoch: int = 0          # epochs fully done
     step_in_epoch: int = 0  # steps done inside the current epoch
     global_step: int = 0
-    best_val: float = math.inf
+    best_val: float = math.inf  # the best ``select`` value so far
     best_epoch: int = -1
     resumed_at: list[int] = field(default_factory=list)  # global steps at which a killed run was resumed
 
@@ -37,6 +38,22 @@ def world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def seed_worker(seed: int) -> None:
+    """Seed torch's global RNG differently on every rank (noise, timesteps, dropout, condition masks).
+
+    Call it after the model is built and wrapped: DDP copies rank 0's weights to every rank at wrap time, so
+    initial weights agree whatever each rank drew, while a per-rank seed keeps ranks from drawing the same
+    noise for different batches (issue 10: every rank used one seed).
+    """
+    rank, _ = world()
+    torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
+
+
+def shuffle_seed(seed: int, epoch: int) -> int:
+    """The data-order seed of one epoch on this rank."""
+    return int(np.random.SeedSequence([seed, epoch, world()[0]]).generate_state(1)[0])
 
 
 def mean_over_workers(total: float, count: int) -> float:
@@ -71,13 +88,15 @@ def fit(
     best_source: torch.nn.Module,
     batches: Callable[[int], Iterable[dict]],
     train_step: Callable[[dict, int], float],
-    validate: Callable[[], float],
+    validate: Callable[[int], dict[str, float]],
 ) -> None:
     """Run `stage.epochs` epochs of `train_step`, resuming from the latest checkpoint if there is one.
 
     stateful: objects with state_dict/load_state_dict (models, optimisers, EMA) saved in checkpoints.
     best_source: the module whose weights are kept when validation improves (the EMA for diffusion).
     batches(epoch): that epoch's training batches (shuffled with an epoch-dependent seed).
+    validate(epoch): this epoch's validation metrics; the key ``select`` (lower is better) chooses the kept
+    weights, and an epoch without it (e.g. between sample checks) does not compete.
     """
     import ray.train
 
@@ -112,14 +131,16 @@ def fit(
             progress.step_in_epoch, progress.global_step = i + 1, progress.global_step + 1
             if progress.global_step % stage.checkpoint_every == 0:
                 report({"train_loss": losses[-1]})
-        val = validate()
-        if val < progress.best_val:
-            progress.best_val, progress.best_epoch = val, epoch
+        metrics = validate(epoch)
+        selected = metrics.get("select")
+        if selected is not None and selected < progress.best_val:
+            progress.best_val, progress.best_epoch = selected, epoch
             best_weights = copy.deepcopy(best_source.state_dict())
         progress.epoch, progress.step_in_epoch = epoch + 1, 0
         train_loss = sum(losses) / max(len(losses), 1)
         if rank == 0:
-            print(f"[{name}] epoch {epoch + 1}/{stage.epochs}  train {train_loss:.5f}  val {val:.5f}  "
-                  f"best {progress.best_val:.5f} (epoch {progress.best_epoch + 1})  {time.time() - started:.1f} s",
+            shown = "  ".join(f"{k} {v:.5g}" for k, v in metrics.items())
+            print(f"[{name}] epoch {epoch + 1}/{stage.epochs}  train {train_loss:.5f}  {shown}  "
+                  f"best {progress.best_val:.5g} (epoch {progress.best_epoch + 1})  {time.time() - started:.1f} s",
                   flush=True)
-        report({"train_loss": train_loss, "val_loss": val, "epoch_seconds": time.time() - started})
+        report({"train_loss": train_loss, **metrics, "epoch_seconds": time.time() - started})

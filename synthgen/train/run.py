@@ -139,7 +139,9 @@ def _run_diffusion(ctx: dict, vae_info: dict) -> str:
     started = time.time()
     config = {"train": tc.to_dict(), "vae_model": vae_info["vae_model"], "vae_state": vae_state,
               "latent_scale": vae_info["latent_scale"], "unet_model": ctx["unet_model"],
-              "embedder": ctx["embedder"].name, "cache": ctx["cache"], "storage_options": ctx["storage_options"]}
+              "embedder": ctx["embedder"].name, "cache": ctx["cache"], "storage_options": ctx["storage_options"],
+              "patient_stats": ctx["stats"].to_dict(),
+              "check_conditions": check_conditions(ctx["data"], tc.sample_check_n, ctx["storage_options"])}
     trainer = _trainer(diffusion_worker, config, "diffusion", ctx["out"], ctx["workers"], ctx["gpu"],
                        ctx["datasets"], ctx["storage_options"])
     state = _final_state(trainer.fit())
@@ -152,7 +154,7 @@ def _run_diffusion(ctx: dict, vae_info: dict) -> str:
     training = {
         "preset": tc.preset, "config": tc.to_dict(), "data": ctx["data"], "dataset": ctx["dataset_info"],
         "vae": {k: v for k, v in vae_info.items() if k != "vae_model"},
-        "diffusion": {"best_val_loss": progress["best_val"], "best_epoch": progress["best_epoch"] + 1,
+        "diffusion": {"best_sample_score": progress["best_val"], "best_epoch": progress["best_epoch"] + 1,
                       "epochs": tc.diffusion.epochs, "steps": progress["global_step"],
                       "resumed_at_steps": progress["resumed_at"], "seconds": seconds},
         "workers": ctx["workers"], "gpu": ctx["gpu"], "torch": torch.__version__,
@@ -167,9 +169,21 @@ def _run_diffusion(ctx: dict, vae_info: dict) -> str:
     }
     save_bundle(bundle_url, vae, unet, bundle_config, model_card(bundle_config, ctx["command"]),
                 storage_options=ctx["storage_options"])
-    print(f"[diffusion] done: best val {progress['best_val']:.5f} at epoch {progress['best_epoch'] + 1}, "
+    print(f"[diffusion] done: best sample score {progress['best_val']:.5f} at epoch {progress['best_epoch'] + 1}, "
           f"{seconds:.0f} s → {bundle_url}", flush=True)
     return bundle_url
+
+
+def check_conditions(data: str, n: int, storage_options: dict | None = None) -> list[dict]:
+    """``n`` validation conditions spread evenly over the heart-rate range (as Condition fields), for the
+    sample checks that choose the kept diffusion weights."""
+    import numpy as np
+
+    table = read_shards(data, split="val", columns=["reports", "age", "sex", "hr"], storage_options=storage_options)
+    rows = sorted(table.to_pylist(), key=lambda r: (r["hr"] is None, r["hr"] or 0.0))
+    picks = np.unique(np.linspace(0, len(rows) - 1, min(n, len(rows))).round().astype(int))
+    return [{"reports": tuple(rows[i]["reports"]), "age": rows[i]["age"], "sex": rows[i]["sex"],
+             "hr": rows[i]["hr"]} for i in picks]
 
 
 def _fill_embedding_cache(ctx: dict) -> None:
@@ -202,7 +216,7 @@ def model_card(config: dict, command: str) -> str:
 
 ## Stage 2: latent diffusion (DDPM, T={config['noise']['T']}, linear β {config['noise']['beta_start']}…{config['noise']['beta_end']}, ε-prediction, EMA)
 - Epochs: {t['diffusion']['epochs']}, steps: {t['diffusion']['steps']}, wall time: {t['diffusion']['seconds']} s
-- Best validation ε-MSE (EMA weights, validation split): {t['diffusion']['best_val_loss']:.5f} at epoch {t['diffusion']['best_epoch']}
+- Kept weights (EMA, with warm-up): epoch {t['diffusion']['best_epoch']}, the lowest sample score {t['diffusion']['best_sample_score']:.3f} (HR MAE in bpm + 100 × share of near-flat or HR-unmeasurable ECGs, {config['training']['config']['sample_check_n']} validation conditions, samplers {config['training']['config']['sample_check_samplers']}, guidance {config['training']['config']['sample_check_guidance']})
 
 ## Reproduce
 ```

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from synthgen.model.vae import VAE, VAEConfig, kl_divergence
 from synthgen.train.datasets import iter_numpy
-from synthgen.train.loop import fit, mean_over_workers, unwrap
+from synthgen.train.loop import fit, mean_over_workers, seed_worker, shuffle_seed, unwrap
 from synthgen.train.presets import TrainConfig
 
 
@@ -37,6 +37,7 @@ def vae_worker(config: dict[str, Any]) -> None:
     model = VAE(VAEConfig(**config["vae_model"]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.vae.lr, weight_decay=tc.vae.weight_decay)
     model = ray.train.torch.prepare_model(model)
+    seed_worker(tc.seed)
     device = ray.train.torch.get_device()
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -51,7 +52,7 @@ def vae_worker(config: dict[str, Any]) -> None:
         return float(loss)
 
     @torch.no_grad()
-    def validate() -> float:
+    def validate(epoch: int) -> dict[str, float]:
         """Reconstruction MSE from the posterior mean plus the full-weight KL: comparable across epochs."""
         net, total, count = unwrap(model).eval(), 0.0, 0
         for batch in iter_numpy(val_shard, tc.vae.batch_size, shuffle=False):
@@ -60,12 +61,14 @@ def vae_worker(config: dict[str, Any]) -> None:
             loss = F.mse_loss(net.decode(mu), x) + tc.kl_weight * kl_per_dim(mu, logvar)
             total, count = total + float(loss) * len(x), count + len(x)
         net.train()
-        return mean_over_workers(total, count)
+        val = mean_over_workers(total, count)
+        return {"val_loss": val, "select": val}
 
     fit(
         name="vae", stage=tc.vae,
         stateful={"model": unwrap(model), "optimizer": optimizer},
         best_source=unwrap(model),
-        batches=lambda epoch: iter_numpy(train_shard, tc.vae.batch_size, shuffle=True, seed=tc.seed + epoch),
+        batches=lambda epoch: iter_numpy(train_shard, tc.vae.batch_size, shuffle=True,
+                                          seed=shuffle_seed(tc.seed, epoch)),
         train_step=train_step, validate=validate,
     )

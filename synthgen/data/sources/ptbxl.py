@@ -1,8 +1,10 @@
 """PTB-XL (PhysioNet layout): ptbxl_database.csv + scp_statements.csv + records500/ and/or records100/.
 
 The 500 Hz record is used when present, else the 100 Hz one. Reports are the English descriptions of
-the record's SCP statements (scp_statements.csv), ordered by likelihood (descending; ties keep the
-table's order); the original (mostly German) free text is kept as ``report_text``. Splits follow
+the record's SCP statements (scp_statements.csv) in the order of a machine report: rhythm statements first
+(``rhythm == 1``; PTB-XL gives them likelihood 0, so a likelihood sort alone would put "atrial fibrillation"
+last, the opposite of DiffuSETS' ordered prompts), then the others by likelihood (descending; ties keep
+the record's order); the original (mostly German) free text is kept as ``report_text``. Splits follow
 PTB-XL's patient-disjoint ``strat_fold``: 1–8 train, 9 val, 10 test.
 """
 
@@ -31,23 +33,29 @@ def tasks(src: str, storage_options: StorageOptions = None) -> list[RecordTask]:
         raise InputError(f"--src {src}: not a PTB-XL folder, missing records100/ and records500/")
     db = read_table(fs, join(root, "ptbxl_database.csv"), "PTB-XL database", _COLUMNS)
     scp = read_table(fs, join(root, "scp_statements.csv"), "PTB-XL SCP statements",
-                     {"Unnamed: 0", "description", "diagnostic"}).set_index("Unnamed: 0")
+                     {"Unnamed: 0", "description", "diagnostic", "rhythm"}).set_index("Unnamed: 0")
     descriptions = scp["description"].to_dict()
     diagnostic = set(scp.index[scp["diagnostic"] == 1])
+    rhythm = set(scp.index[scp["rhythm"] == 1])
     have_500 = {f"records500/{n}" for n in record_names(fs, join(root, "records500"))}
     base = src.rstrip("/")
-    return [_task(row, base, have_500, descriptions, diagnostic) for row in db.to_dict("records")]
+    return [_task(row, base, have_500, descriptions, diagnostic, rhythm) for row in db.to_dict("records")]
+
+
+def report_order(likelihood: dict[str, float], rhythm: set[str]) -> list[str]:
+    """SCP codes in report order: rhythm statements first, then by likelihood (descending); stable."""
+    return sorted(likelihood, key=lambda c: (c not in rhythm, -float(likelihood[c])))
 
 
 def _task(row: dict, base: str, have_500: set[str], descriptions: dict[str, str],
-          diagnostic: set[str]) -> RecordTask:
+          diagnostic: set[str], rhythm: set[str]) -> RecordTask:
     ecg_id = f"{int(row['ecg_id']):05d}"
     hr_name, lr_name = text(row["filename_hr"]), text(row["filename_lr"])
     name = hr_name if hr_name in have_500 else lr_name
     problem = None
     try:
         likelihood = ast.literal_eval(text(row["scp_codes"]) or "{}")
-        codes = sorted(likelihood, key=lambda c: -float(likelihood[c]))
+        codes = report_order(likelihood, rhythm)
     except (ValueError, SyntaxError, TypeError, AttributeError) as e:
         codes, problem = [], ("bad_metadata", f"scp_codes {row['scp_codes']!r}: {e}")
     fold = number(row["strat_fold"])
