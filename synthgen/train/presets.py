@@ -64,8 +64,8 @@ def _small() -> TrainConfig:
     # kl_weight 1e-4: at 1e-3 one of the four latent channels collapsed (KL 0.019 nats/dim against 1.5–2.5)
     # and reconstruction explained 67 % of the validation variance (benchmarks/diagnose_model.py).
     return TrainConfig(preset="small", vae_model={"base_channels": 24, "n_res_blocks": 1},
-                       vae=StageConfig(epochs=25, batch_size=32, lr=2e-3),
-                       diffusion=StageConfig(epochs=80, batch_size=32, lr=5e-4), kl_weight=1e-4)
+                       vae=StageConfig(epochs=30, batch_size=32, lr=2e-3),
+                       diffusion=StageConfig(epochs=100, batch_size=32, lr=5e-4), kl_weight=1e-4)
 
 
 def _paper() -> TrainConfig:
