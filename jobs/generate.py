@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import jobargs
 
 KEYS = ("manifest", "out", "n", "model", "sampler", "steps", "guidance", "seed", "batch_size", "actors",
-        "shard_size", "output_format", "wfdb_fs", "storage_options", "gpu", "progress")
+        "shard_size", "output_format", "wfdb_fs", "storage_options", "gpu", "progress", "replace_implausible")
 
 
 def parse_args(argv: Sequence[str]) -> dict:
@@ -35,6 +35,8 @@ def parse_args(argv: Sequence[str]) -> dict:
     p.add_argument("--gpu", dest="gpu", action="store_const", const=True, help="One actor per GPU.")
     p.add_argument("--cpu", dest="gpu", action="store_const", const=False, help="CPU actors even if GPUs exist.")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, help="Show the progress bar (default on).")
+    p.add_argument("--replace-implausible", dest="replace_implausible", type=int,
+                   help="Redraw an implausible ECG up to this many times (next seeds of its own stream).")
     return jobargs.parse(p, argv, KEYS, required=("manifest", "out"))
 
 

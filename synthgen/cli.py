@@ -164,6 +164,9 @@ def generate(
     gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="One actor per GPU, or CPU actors "
                                                                "(default: GPUs if the Ray cluster has any)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    replace_implausible: int = typer.Option(0, help="Redraw an implausible ECG (flat, no measurable HR, far "
+                                                     "from the requested HR, …) up to this many times from the "
+                                                     "next seeds of its own stream; every row is flagged anyway."),
     storage_options: Optional[str] = StorageOpt,
 ) -> None:
     """Sample ECGs for every condition spec of a manifest with Ray actors; resumable, exactly once."""
@@ -171,7 +174,8 @@ def generate(
 
     _run(run_generate, manifest, out, n, model=model, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
          batch_size=batch_size, actors=actors, shard_size=shard_size, output_format=output_format.value,
-         wfdb_fs=wfdb_fs, gpu=gpu, progress=progress, storage_options=_storage_options(storage_options))
+         wfdb_fs=wfdb_fs, gpu=gpu, progress=progress, replace_implausible=replace_implausible,
+         storage_options=_storage_options(storage_options))
 
 
 @manifest_app.command("minority")

@@ -240,3 +240,35 @@ def test_ray_job_entry_point_takes_the_cli_arguments(tmp_path):
     proc = subprocess.run([sys.executable, str(script), "--manifest", str(bad), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "row 1: sex='Q'" in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_implausible_samples_are_flagged_and_redrawn_from_their_own_seed_stream(ray_local, tiny_bundle, tmp_path,
+                                                                               manifest, model_kw):
+    """Every row carries the plausibility verdict; with --replace-implausible an implausible sample is redrawn
+    from the next seeds of its own stream, so the same command always writes the same samples."""
+    from synthgen.data.plausibility import check
+    from synthgen.generate.plan import retry_seed
+    from synthgen.pipeline import ECGPipeline
+
+    out = str(tmp_path / "out")
+    summary = generate(manifest, out, seed=3, shard_size=8, replace_implausible=2, **model_kw)
+    df = read_rows(out)
+    assert_exactly_once(df)
+    # the tiny random-weight model makes implausible ECGs, so samples were redrawn
+    assert summary["replaced"] == int((df.attempt > 0).sum()) > 0
+    assert summary["implausible_written"] == int((~df.plausible).sum())
+    for row in df.itertuples():
+        assert row.seed == retry_seed(sample_seed(3, row.spec_id, row.sample_index), row.attempt)
+        assert row.attempt == 0 or row.attempt == 2 or row.plausible  # redrawn until plausible or out of tries
+        verdict = check(np.stack(row.signal), None if np.isnan(row.hr) else row.hr)
+        assert tuple(row.implausible_reasons) == verdict.reasons and row.plausible == verdict.ok
+    row = df[df.attempt > 0].iloc[0]
+    cond = Condition(tuple(row.reports), None if np.isnan(row.age) else row.age, row.sex,
+                     None if np.isnan(row.hr) else row.hr)
+    alone = ECGPipeline.from_bundle(tiny_bundle.url)([cond], [int(row.seed)], steps=2)
+    np.testing.assert_allclose(np.stack(row.signal), alone[0], rtol=1e-4, atol=1e-5)
+    # without replacement the same samples keep their first seeds and are only flagged
+    plain = read_rows(str(tmp_path / "plain")) if generate(manifest, str(tmp_path / "plain"), seed=3,
+                                                           shard_size=8, **model_kw) else None
+    assert (plain.attempt == 0).all() and set(plain.seed) == {sample_seed(3, s, i) for s, i in
+                                                              zip(plain.spec_id, plain.sample_index)}

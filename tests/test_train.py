@@ -53,8 +53,28 @@ def test_ema_moves_towards_the_model():
     before = ema.model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)
-    ema.update(model)
-    assert torch.allclose(ema.model.weight, before + 0.5)
+    ema.update(model)  # first update: warm-up decay min(0.5, 1/10)
+    assert torch.allclose(ema.model.weight, before + 0.9)
+    for _ in range(20):
+        ema.update(model)
+    assert ema.current_decay() == 0.5
+
+
+def test_ema_warms_up_so_the_initial_weights_fade():
+    """With a fixed decay of 0.999, 0.999**300 = 74 % of the initial weights would remain after 300 steps."""
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.999)
+    initial = ema.model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    for _ in range(300):
+        ema.update(model)
+    remaining = (model.weight - ema.model.weight).abs().max() / (model.weight - initial).abs().max()
+    assert remaining < 0.05
+    state = ema.state_dict()
+    again = EMA(torch.nn.Linear(2, 2), decay=0.999)
+    again.load_state_dict(state)
+    assert again.updates == 300 and torch.equal(again.model.weight, ema.model.weight)
 
 
 def test_config_round_trip():
@@ -106,6 +126,21 @@ def test_train_is_killed_and_resumes_then_the_bundle_generates(ptbxl_shards, ray
     # a finished run is not trained again
     third = subprocess.run([*SYNTHGEN, "train", "all", *args], env=env, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and "already trained" in third.stdout
+
+
+def test_two_workers_train_on_different_batches_with_identical_weights(ptbxl_shards, ray_local, tmp_path):
+    """Distributed data parallel on CPU (gloo): each rank gets other records and other noise, the weights stay
+    identical on every rank (what Ray Train on a GPU cluster does with NCCL)."""
+    out = tmp_path / "run"
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    run = subprocess.run([*SYNTHGEN, "train", "vae", "--data", str(ptbxl_shards), "--out", str(out),
+                          "--preset", "tiny", "--workers", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    info = json.loads((out / "vae" / "vae.json").read_text())
+    assert info["ranks"] == {"same_weights": True, "distinct_batches": True, "distinct_random_state": True}
+    # two ranks share the epoch: about half the single-worker steps each
+    tiny = get_preset("tiny")
+    assert info["steps"] <= tiny.vae.epochs * (1490 // (2 * tiny.vae.batch_size) + 2)
 
 
 def test_recorded_command_hides_storage_options():

@@ -2,15 +2,18 @@
 
 `generate` flags (and optionally replaces) implausible samples, `evaluate` reports each reason's share beside
 real data and the peers, and `train` picks checkpoints partly by the near-flat share and HR error of samples.
-Thresholds are set from real data: on the PTB-XL subset (1,987 records) the check passes >= 99 % (the test
-asserts it on real records); docs/model.md lists the measured shares.
+Thresholds are set from real data: on the PTB-XL subset (1,987 records, their own heart rate as the request)
+99.95 % pass; the one failure is a rate measured at 102.4 Hz more than 20 bpm from the one `prepare` measured at
+the source rate. The test asserts >= 99 % on the test split.
 
 Reasons (an ECG may have several):
 - ``nan``: a non-finite value.
 - ``near_flat``: median lead peak-to-peak below 0.25 mV (real PTB-XL: none; 1st percentile 0.69 mV) — the
   flat-trace failure of an undertrained diffusion model.
-- ``amplitude``: a lead's peak-to-peak above 12 mV (beyond PTB-XL's largest, pacemaker spikes included).
-- ``clipped``: a lead that sits at its own extreme for >= 5 % of its samples, as a saturated recorder does.
+- ``amplitude``: a lead's peak-to-peak above 15 mV (the PTB-XL subset's largest is 14.9 mV; 99.9th
+  percentile 13.6 mV).
+- ``clipped``: a lead that sits at an extreme away from its baseline for >= 5 % of its samples, as a
+  saturated recorder does.
 - ``hr_unmeasurable``: no lead gives >= 3 beats at a plausible rate (synthgen.data.heart_rate).
 - ``hr_mismatch``: measured rate differs from the requested one by more than 20 bpm and 20 % (only when a rate
   was requested).
@@ -30,7 +33,7 @@ from synthgen.ecg import FS, LEADS
 REASONS: tuple[str, ...] = ("nan", "near_flat", "amplitude", "clipped", "hr_unmeasurable", "hr_mismatch",
                             "einthoven")
 FLAT_MV = 0.25
-MAX_PTP_MV = 12.0
+MAX_PTP_MV = 15.0
 CLIP_FRACTION = 0.05
 CLIP_TOL_MV = 1e-3
 HR_TOL_BPM, HR_TOL_FRACTION = 20.0, 0.20
@@ -61,9 +64,7 @@ def check(signal: np.ndarray, requested_hr: float | None = None, fs: float = FS)
         reasons.append("near_flat")
     if ptp.max() > MAX_PTP_MV:
         reasons.append("amplitude")
-    at_max = (x >= x.max(axis=1, keepdims=True) - CLIP_TOL_MV).mean(axis=1)
-    at_min = (x <= x.min(axis=1, keepdims=True) + CLIP_TOL_MV).mean(axis=1)
-    if ((np.maximum(at_max, at_min) >= CLIP_FRACTION) & (ptp > CLIP_TOL_MV)).any():
+    if _clipped(x, ptp).any():
         reasons.append("clipped")
     hr = hr_from_signal(x, fs)
     if hr is None:
@@ -75,6 +76,17 @@ def check(signal: np.ndarray, requested_hr: float | None = None, fs: float = FS)
     if np.sqrt(np.mean((x[_III] - (x[_II] - x[_I])) ** 2)) > EINTHOVEN_MV:
         reasons.append("einthoven")
     return Plausibility(tuple(reasons), hr)
+
+
+def _clipped(x: np.ndarray, ptp: np.ndarray) -> np.ndarray:
+    """(12,) bool: the lead sits at an extreme for >= CLIP_FRACTION of its samples, and that extreme is away
+    from its baseline (a clean trace's baseline is often its own minimum, which is not saturation)."""
+    baseline = np.median(x, axis=1)
+    hi, lo = x.max(axis=1), x.min(axis=1)
+    at_hi = (x >= hi[:, None] - CLIP_TOL_MV).mean(axis=1) >= CLIP_FRACTION
+    at_lo = (x <= lo[:, None] + CLIP_TOL_MV).mean(axis=1) >= CLIP_FRACTION
+    away = 0.25 * ptp
+    return (ptp > CLIP_TOL_MV) & ((at_hi & (hi - baseline > away)) | (at_lo & (baseline - lo > away)))
 
 
 def check_many(signals: np.ndarray, requested_hr: np.ndarray | None = None,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
-from synthgen.data.heart_rate import hr_from_signal
+from synthgen.data.plausibility import Plausibility, check
 from synthgen.ecg import FS, LEADS
 
 CHUNK = 1024  # rows per distance block: 1024 × 40,000 float32 = 160 MB
@@ -96,19 +96,30 @@ def pr_by_label(real: np.ndarray, real_masks: dict[str, np.ndarray], fake: np.nd
     return out
 
 
-def measure_hr(x: np.ndarray, fs: float = FS, workers: int = 1) -> np.ndarray:
-    """Heart rate (bpm) measured on each ECG (N, 12, T) by the project's QRS detection; NaN where none.
+def check_plausibility(x: np.ndarray, requested_hr: np.ndarray | None = None, fs: float = FS,
+                       workers: int = 1) -> list[Plausibility]:
+    """The plausibility check (synthgen.data.plausibility) of each ECG (N, 12, T), which also measures its heart
+    rate; ``requested_hr`` (N,) with NaN where none was asked.
 
     ``workers > 1`` spreads ECGs over processes (tens of ms each, so 40,000 take minutes); they start by
     forkserver, never by forking a parent that may hold torch's thread pool or a Ray connection.
     """
     sigs = list(np.asarray(x, np.float32))
+    hrs = [None] * len(sigs) if requested_hr is None else [None if h != h else float(h) for h in requested_hr]
     if workers > 1 and len(sigs) > 1:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
-            rates = list(pool.map(hr_from_signal, sigs, [fs] * len(sigs), chunksize=16))
-    else:
-        rates = [hr_from_signal(s, fs) for s in sigs]
-    return np.array([np.nan if r is None else r for r in rates], np.float64)
+            return list(pool.map(check, sigs, hrs, [fs] * len(sigs), chunksize=16))
+    return [check(s, h, fs) for s, h in zip(sigs, hrs)]
+
+
+def measure_hr(x: np.ndarray, fs: float = FS, workers: int = 1) -> np.ndarray:
+    """Heart rate (bpm) measured on each ECG (N, 12, T) by the project's QRS detection; NaN where none."""
+    return measured_rates(check_plausibility(x, None, fs, workers))
+
+
+def measured_rates(verdicts: Sequence[Plausibility]) -> np.ndarray:
+    """The heart rates the plausibility checks measured, NaN where none."""
+    return np.array([np.nan if v.measured_hr is None else v.measured_hr for v in verdicts], np.float64)
 
 
 def hr_error(requested: np.ndarray, measured: np.ndarray) -> dict[str, float | int]:

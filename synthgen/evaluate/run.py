@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from synthgen.data.labels import labels_from_text
+from synthgen.data.plausibility import REASONS, reason_shares
 from synthgen.errors import InputError
 from synthgen.evaluate import metrics as M
 from synthgen.evaluate.encoder import Encoder, load_encoder, prompts_of
@@ -42,6 +43,8 @@ METRICS = {  # key → (label, which way is better)
     "f1": ("F1", "higher"),
     "hr_mae": ("HR MAE, requested vs measured (bpm)", "lower"),
     "hr_unmeasured_share": ("share with no measurable HR", "lower"),
+    "near_flat_share": ("share near-flat (median lead p-p < 0.25 mV)", "lower"),
+    "implausible_share": ("share failing any plausibility check", "lower"),
     "clip_score": ("CLIP score (cosine)", "higher"),
     "einthoven_iii_residual_mv": ("|III − (II − I)| (mV)", "lower"),
     "einthoven_augmented_sum_mv": ("|aVR + aVL + aVF| (mV)", "lower"),
@@ -56,10 +59,11 @@ def _side(enc: Encoder, x: np.ndarray, text: np.ndarray, requested_hr: np.ndarra
     embeddings of its reports)."""
     feats = enc.features(x)
     clip = M.clip_scores(enc.embed_ecg(x), text)
-    measured = M.measure_hr(x, workers=workers)
+    verdicts = M.check_plausibility(x, requested_hr, workers=workers)
+    measured = M.measured_rates(verdicts)
     return {"features": feats, "masks": masks, "clip": clip, "clip_by_label": M.grouped_mean(clip, masks),
             "hr_measured": measured, "hr_requested": requested_hr, "hr": M.hr_error(requested_hr, measured),
-            "einthoven": M.einthoven(x)}
+            "einthoven": M.einthoven(x), "plausibility": reason_shares(verdicts)}
 
 
 def _real_masks(table: pa.Table, statements: list[str]) -> dict[str, np.ndarray]:
@@ -79,6 +83,8 @@ def _score(side: dict, f_target: np.ndarray, target_masks: dict[str, np.ndarray]
 
 def _flat(pr: dict, side: dict, mem: dict, fid: float) -> dict[str, float]:
     return {"fid": fid, **pr, "hr_mae": side["hr"]["mae"], "hr_unmeasured_share": side["hr"]["unmeasured_share"],
+            "near_flat_share": side["plausibility"]["near_flat"],
+            "implausible_share": side["plausibility"]["implausible"],
             "clip_score": float(side["clip"].mean()),
             "einthoven_iii_residual_mv": side["einthoven"]["iii_residual_mv"],
             "einthoven_augmented_sum_mv": side["einthoven"]["augmented_sum_mv"],
@@ -161,7 +167,7 @@ def evaluate(real: str, generated: str, out: str, *, encoder: str | None = None,
                             "n_real": int(target_masks[k].sum()),
                             "peers": by_peer(lambda s, k=k: s["pr_by_label"][k])} for k in gen_masks},
         **{part: {"generated": g[part], "reference": r[part], "peers": by_peer(lambda s, part=part: s[part])}
-           for part in ("hr", "einthoven", "memorisation")},
+           for part in ("hr", "einthoven", "memorisation", "plausibility")},
     }
     result["wall_s"] = round(time.monotonic() - started, 1)
     fs, root = resolve(out, storage_options)
@@ -284,6 +290,11 @@ def _html(result: dict, g: dict, r: dict, p_sides: dict, x_gen: np.ndarray, gen:
     pr_rows = "".join(f"<tr><td>{e(k)}</td><td>{prf(v['generated'])} (n={v['generated']['n']})</td>"
                       f"<td>{prf(v['reference'])}</td>" + "".join(f"<td>{prf(v['peers'][p])}</td>" for p in peers)
                       + f"<td>{v['n_real']}</td></tr>" for k, v in result["pr_by_label"].items())
+    plaus = result["plausibility"]
+    plaus_rows = "".join(f"<tr><td>{e(k)}</td><td>{_fmt(plaus['generated'][k])}</td>"
+                         f"<td>{_fmt(plaus['reference'][k])}</td>"
+                         + "".join(f"<td>{_fmt(plaus['peers'][p][k])}</td>" for p in peers) + "</tr>"
+                         for k in (*REASONS, "implausible"))
     peer_text = "; ".join(f"{e(p)} {e(i['package'])} {e(i['version'])}, seed {i['seed']}, set "
                           f"<code>{e(i['set'])}</code>" for p, i in result["peers"].items())
     peer_note = (f" Peers on the generated set's conditions (reports, requested HR), scored the same way: "
@@ -301,6 +312,10 @@ td:nth-child(n+2){{text-align:right}}</style></head><body>
 ({c['reference']} ECGs) scored the same way. Encoder <code>{e(result['encoder']['url'])}</code>
 (sha256 {result['encoder']['model_hash'][:12]}…), memorisation against {c['train']} training ECGs.{peer_note}</p>
 <table><tr><th>metric</th><th>generated</th><th>reference</th>{peer_th}<th>better</th></tr>{rows}</table>
+<h2>Plausibility: share of ECGs failing each check</h2><p>Reasons as defined in
+<code>synthgen.data.plausibility</code> (near-flat, amplitude, clipped, HR unmeasurable or far from the request,
+Einthoven residual); an ECG may fail several.</p>
+<table><tr><th>reason</th><th>generated</th><th>reference</th>{peer_th}</tr>{plaus_rows}</table>
 <h2>Heart rate: requested vs measured</h2><img src="data:image/png;base64,{_hr_plot(g, r, p_sides)}">
 <h2>CLIP score by label</h2><img src="data:image/png;base64,{_clip_plot(result)}">
 <table><tr><th>label</th><th>generated</th><th>reference</th>{peer_th}</tr>{clip_rows}</table>

@@ -20,6 +20,15 @@ def sample_seed(run_seed: int, spec_id: int, index: int) -> int:
     return int.from_bytes(digest, "big") >> (64 - SEED_BITS)
 
 
+def retry_seed(seed: int, attempt: int) -> int:
+    """Seed of the ``attempt``-th replacement (1, 2, …) of an implausible sample: the next seed of that sample's
+    own stream, so a replaced sample is as reproducible as the first draw (attempt 0 is ``seed`` itself)."""
+    if attempt == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:retry:{attempt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> (64 - SEED_BITS)
+
+
 def shard_name(shard: int) -> str:
     return f"part-{shard:05d}"
 

@@ -94,9 +94,15 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
              steps: int = 100, guidance: float = 2.0, seed: int = 0, batch_size: int = 32,
              actors: int | None = None, shard_size: int = 256, output_format: str = "parquet",
              wfdb_fs: float | None = None, storage_options: StorageOptions = None, gpu: bool | None = None,
-             progress: bool = True) -> dict:
-    """Generate ECGs for a manifest into ``out``; resumable and exactly-once per (spec, sample). Returns the summary."""
+             progress: bool = True, replace_implausible: int = 0) -> dict:
+    """Generate ECGs for a manifest into ``out``; resumable and exactly-once per (spec, sample). Returns the summary.
+
+    Every ECG is checked for plausibility (synthgen.data.plausibility) and flagged per row; with
+    ``replace_implausible`` = k > 0 an implausible sample is redrawn from the next seeds of its own seed
+    stream, up to k times (deterministic, so exactly-once holds)."""
     _check_args(n, sampler, steps, guidance, seed, batch_size, actors, shard_size, output_format, wfdb_fs)
+    if replace_implausible < 0:
+        raise InputError(f"--replace-implausible={replace_implausible}: expected an integer >= 0")
     specs = read_manifest(manifest, storage_options)
     counts = sample_counts(specs, n)
     params = {
@@ -105,6 +111,7 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
         "seed": seed, "model_hash": model_hash(model, storage_options), "sampler": sampler,
         "steps": steps, "guidance": float(guidance), "shard_size": shard_size, "output_format": output_format,
         "wfdb_fs": wfdb_fs, "synthgen_version": __version__, "schema": SCHEMA_VERSION,
+        "replace_implausible": replace_implausible,
     }
     run_id = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     plan = Plan(tuple(counts), seed, shard_size)
@@ -124,7 +131,7 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
                          prov=Provenance(run_id, params["model_hash"], sampler, steps, float(guidance), __version__),
                          sample_kw=dict(sampler=sampler, steps=steps, guidance=float(guidance)),
                          batch_size=batch_size, output_format=output_format, wfdb_fs=wfdb_fs, actors=actors,
-                         gpu=gpu, progress=progress,
+                         gpu=gpu, progress=progress, replace_implausible=replace_implausible,
                          done_samples=plan.total - sum(plan.shard_sizes()[k] for k in pending))
     wall = time.perf_counter() - t0
     missing = sorted(set(range(plan.n_shards)) - committed_shards(fs, root, output_format))
@@ -140,20 +147,23 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
         "wall_s": round(wall, 3), "ecg_per_s": round(samples_written / wall, 3) if wall > 0 else None,
         "actor_sample_s": round(sample_s, 3), "actor_write_s": round(write_s, 3),
         "write_share": round(write_s / (sample_s + write_s), 4) if written else None,
+        "implausible_written": sum(r["implausible"] for r in written),
+        "replaced": sum(r["replaced"] for r in written),
         "hosts": sorted({r["host"] for r in rows}), "finished": datetime.now(timezone.utc).isoformat(),
     }
     write_json_atomic(fs, summary_path, summary)
     if progress:
         print(f"generated {samples_written} ECGs in {wall:.1f} s ({summary['ecg_per_s']} ECG/s; "
               f"{len(done)} shard(s) were already done); writing took {100 * (summary['write_share'] or 0):.1f} % "
-              f"of actor time → {out}")
+              f"of actor time; {summary['implausible_written']} flagged implausible, {summary['replaced']} "
+              f"redrawn → {out}")
     return summary
 
 
 def _run_pool(plan: Plan, pending: list[int], specs: list[Spec], *, model: str | None,
               storage_options: StorageOptions, out: str, prov: Provenance, sample_kw: dict, batch_size: int,
               output_format: str, wfdb_fs: float | None, actors: int | None, gpu: bool | None, progress: bool,
-              done_samples: int) -> list[dict]:
+              replace_implausible: int, done_samples: int) -> list[dict]:
     """Run the pending shards through an actor pool; returns the per-shard summary rows."""
     from tqdm import tqdm
 
@@ -171,7 +181,7 @@ def _run_pool(plan: Plan, pending: list[int], specs: list[Spec], *, model: str |
                     model=model, storage_options=storage_options, out=out, plan=plan,
                     conditions=[s.condition for s in specs], labels=[s.label for s in specs], prov=prov,
                     batch_size=batch_size, output_format=output_format, wfdb_fs=wfdb_fs, device=device,
-                    threads=threads, **sample_kw),
+                    threads=threads, replace_implausible=replace_implausible, **sample_kw),
                 **resources)
             rows = []
             for row in ds.iter_rows():

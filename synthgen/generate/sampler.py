@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 import numpy as np
 
 from synthgen.conditions.spec import Condition
-from synthgen.generate.plan import Plan, shard_name
+from synthgen.data.plausibility import Plausibility, check_many
+from synthgen.generate.plan import Plan, retry_seed, shard_name
 from synthgen.generate.writers import (Provenance, commit_marker, parquet_bytes, shard_table,
                                       write_wfdb_records)
 from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic
@@ -62,12 +63,39 @@ class ShardSampler:
     def __init__(self, *, model: str | None, storage_options: StorageOptions, out: str, plan: Plan,
                  conditions: list[Condition], labels: list[str | None], prov: Provenance, sampler: str,
                  steps: int, guidance: float, batch_size: int, output_format: str, wfdb_fs: float | None,
-                 device: str, threads: int | None) -> None:
+                 device: str, threads: int | None, replace_implausible: int = 0) -> None:
         self.model = load_pipeline(model, storage_options, device=device, threads=threads)
         self.fs, self.root = resolve(out, storage_options)
         self.plan, self.conditions, self.labels, self.prov = plan, conditions, labels, prov
         self.sample_kw = dict(sampler=sampler, steps=steps, guidance=guidance)
         self.batch_size, self.output_format, self.wfdb_fs = batch_size, output_format, wfdb_fs
+        self.replace_implausible = replace_implausible
+
+    def _sample(self, conds: list[Condition], seeds: np.ndarray) -> np.ndarray:
+        return np.concatenate([
+            self.model(conds[i:i + self.batch_size], [int(s) for s in seeds[i:i + self.batch_size]], **self.sample_kw)
+            for i in range(0, len(conds), self.batch_size)
+        ])
+
+    def sample_plausible(self, conds: list[Condition], seeds: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Plausibility]]:
+        """Sample, check each ECG, and redraw implausible ones from the next seeds of their own streams, up to
+        ``replace_implausible`` times. Returns (signals, seeds used, attempt per sample, verdicts); a sample
+        still implausible after the last attempt is kept, flagged."""
+        requested = np.array([np.nan if c.hr is None else float(c.hr) for c in conds])
+        signals = self._sample(conds, seeds)
+        used, attempts = seeds.copy(), np.zeros(len(conds), np.int32)
+        verdicts = check_many(signals, requested)
+        for attempt in range(1, self.replace_implausible + 1):
+            redo = [i for i, v in enumerate(verdicts) if not v.ok]
+            if not redo:
+                break
+            used[redo] = [retry_seed(int(seeds[i]), attempt) for i in redo]
+            attempts[redo] = attempt
+            signals[redo] = self._sample([conds[i] for i in redo], used[redo])
+            for i, v in zip(redo, check_many(signals[redo], requested[redo])):
+                verdicts[i] = v
+        return signals, used, attempts, verdicts
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [self._shard(int(k)) for k in batch["shard"]]
@@ -79,18 +107,14 @@ class ShardSampler:
         samples = self.plan.shard(k)
         if with_retries(lambda: self.fs.exists(marker)):  # a retried task whose shard is committed: no work
             return dict(shard=k, samples=len(samples.seeds), written=False, sample_s=0.0, write_s=0.0,
-                        host=os.uname().nodename)
+                        implausible=0, replaced=0, host=os.uname().nodename)
         conds = [self.conditions[s] for s in samples.spec_ids]
         t0 = time.perf_counter()
-        signals = np.concatenate([
-            self.model(conds[i:i + self.batch_size], [int(s) for s in samples.seeds[i:i + self.batch_size]],
-                       **self.sample_kw)
-            for i in range(0, len(conds), self.batch_size)
-        ])
+        signals, seeds, attempts, verdicts = self.sample_plausible(conds, samples.seeds)
         t1 = time.perf_counter()
         wfdb_rel = f"wfdb/{name}" if self.output_format in ("wfdb", "both") else None
         table = shard_table(signals, conds, [self.labels[s] for s in samples.spec_ids], samples.spec_ids,
-                            samples.indices, samples.seeds, self.prov, wfdb_rel)
+                            samples.indices, seeds, self.prov, wfdb_rel, attempts, verdicts)
         if wfdb_rel:
             with_retries(lambda: write_wfdb_records(self.fs, join(self.root, wfdb_rel), table, signals,
                                                     self.wfdb_fs))
@@ -98,4 +122,5 @@ class ShardSampler:
             data = parquet_bytes(table)
             with_retries(lambda: write_bytes_atomic(self.fs, marker, data))
         return dict(shard=k, samples=len(conds), written=True, sample_s=t1 - t0,
-                    write_s=time.perf_counter() - t1, host=os.uname().nodename)
+                    write_s=time.perf_counter() - t1, implausible=sum(not v.ok for v in verdicts),
+                    replaced=int((attempts > 0).sum()), host=os.uname().nodename)

@@ -19,13 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from synthgen.conditions.spec import Condition
+from synthgen.data.plausibility import Plausibility
 from synthgen.ecg import FS, LEADS, N_LEADS, N_SAMPLES
 from synthgen.generate.plan import shard_name
 from synthgen.errors import InputError
 from synthgen.io.paths import StorageOptions, join, read_parquet, resolve, write_bytes_atomic
 
 _PART = re.compile(r"part-(\d+)")
-SCHEMA_VERSION = "generated-v1"
+SCHEMA_VERSION = "generated-v2"  # v2: attempt, plausible, implausible_reasons, measured_hr
 REPORT_SEP = " | "
 
 OUTPUT_SCHEMA = pa.schema(
@@ -41,6 +42,10 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("spec_id", pa.int64(), nullable=False),
         pa.field("sample_index", pa.int64(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
+        pa.field("attempt", pa.int32(), nullable=False),
+        pa.field("plausible", pa.bool_(), nullable=False),
+        pa.field("implausible_reasons", pa.list_(pa.string()), nullable=False),
+        pa.field("measured_hr", pa.float64()),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("model_hash", pa.string(), nullable=False),
         pa.field("sampler", pa.string(), nullable=False),
@@ -86,8 +91,10 @@ def record_name(spec_id: int, index: int) -> str:
 
 
 def shard_table(signals: np.ndarray, conditions: list[Condition], labels: list[str | None], spec_ids: np.ndarray,
-                indices: np.ndarray, seeds: np.ndarray, prov: Provenance, wfdb_dir: str | None) -> pa.Table:
-    """One shard's rows. ``wfdb_dir`` is the records' folder relative to the output root, or None."""
+                indices: np.ndarray, seeds: np.ndarray, prov: Provenance, wfdb_dir: str | None,
+                attempts: np.ndarray, verdicts: list[Plausibility]) -> pa.Table:
+    """One shard's rows. ``seeds`` are the seeds used (the ``attempts``-th of each sample's stream), ``verdicts``
+    the plausibility checks; ``wfdb_dir`` is the records' folder relative to the output root, or None."""
     n = len(conditions)
     if signals.shape != (n, N_LEADS, N_SAMPLES):
         raise ValueError(f"sampler returned {signals.shape}, expected ({n}, {N_LEADS}, {N_SAMPLES})")
@@ -103,7 +110,9 @@ def shard_table(signals: np.ndarray, conditions: list[Condition], labels: list[s
         "sex": [c.sex for c in conditions],
         "hr": [c.hr for c in conditions],
         "label": labels,
-        "spec_id": spec_ids, "sample_index": indices, "seed": seeds,
+        "spec_id": spec_ids, "sample_index": indices, "seed": seeds, "attempt": attempts,
+        "plausible": [v.ok for v in verdicts], "implausible_reasons": [list(v.reasons) for v in verdicts],
+        "measured_hr": [v.measured_hr for v in verdicts],
         "run_id": [prov.run_id] * n, "model_hash": [prov.model_hash] * n, "sampler": [prov.sampler] * n,
         "steps": [prov.steps] * n, "guidance": [prov.guidance] * n,
         "synthgen_version": [prov.synthgen_version] * n, "fs": [FS] * n,

@@ -110,7 +110,8 @@ def load_bundle(url: str | None = None, storage_options: StorageOptions = None) 
         raise InputError(f"{url}/{CONFIG_FILE}: 'embedder' must be {{name, dim}}, got {embedder!r}")
 
     vae = VAE(_config_for(VAEConfig, config["vae"], "vae", url))
-    unet = UNet1D(_config_for(UNetConfig, config["unet"], "unet", url))
+    # bundles written before the heart-rate embedding existed have no such key and no such weights
+    unet = UNet1D(_config_for(UNetConfig, {"hr_embedding": False, **config["unet"]}, "unet", url))
     if unet.cfg.cond_dim != embedder["dim"]:
         raise InputError(f"{url}/{CONFIG_FILE}: unet.cond_dim {unet.cfg.cond_dim} != embedder.dim "
                          f"{embedder['dim']}")

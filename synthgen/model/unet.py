@@ -37,6 +37,7 @@ class UNetConfig:
     token_dim: int = 128
     norm_groups: int = 8
     dropout: float = 0.0
+    hr_embedding: bool = True  # heart rate also added to the timestep embedding (HeartRateEmbedding)
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(self.channel_mult)  # JSON round-trips give lists
@@ -169,7 +170,7 @@ class UNet1D(nn.Module):
         temb_dim = 4 * cfg.base_channels
         self.time_embed = nn.Sequential(nn.Linear(cfg.base_channels, temb_dim), nn.SiLU(),
                                         nn.Linear(temb_dim, temb_dim))
-        self.hr_embed = HeartRateEmbedding(temb_dim)
+        self.hr_embed = HeartRateEmbedding(temb_dim) if cfg.hr_embedding else None
         self.tokens = ConditionTokens(cfg.cond_dim, cfg.token_dim)
         self.conv_in = nn.Conv1d(cfg.in_channels, chs[0], 3, padding=1)
 
@@ -199,7 +200,8 @@ class UNet1D(nn.Module):
         M=1/F=0, hr z], patient_present (B,3) bool -> eps (B,4,128)."""
         tokens = self.tokens(text, text_present, patient, patient_present)
         temb = self.time_embed(timestep_embedding(t, self.cfg.base_channels))
-        temb = temb + self.hr_embed(patient[:, HR_COLUMN], patient_present[:, HR_COLUMN])
+        if self.hr_embed is not None:
+            temb = temb + self.hr_embed(patient[:, HR_COLUMN], patient_present[:, HR_COLUMN])
         h = self.conv_in(z_t)
         skips = []
         for stage, down in zip(self.down, self.downsample):

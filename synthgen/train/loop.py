@@ -8,6 +8,7 @@ never has to choose between "latest" and "best".
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import tempfile
@@ -31,6 +32,7 @@ class Progress:
     best_val: float = math.inf  # the best ``select`` value so far
     best_epoch: int = -1
     resumed_at: list[int] = field(default_factory=list)  # global steps at which a killed run was resumed
+    ranks: dict[str, bool] = field(default_factory=dict)  # rank_agreement() of the last epoch (2+ workers)
 
 
 def world() -> tuple[int, int]:
@@ -54,6 +56,29 @@ def seed_worker(seed: int) -> None:
 def shuffle_seed(seed: int, epoch: int) -> int:
     """The data-order seed of one epoch on this rank."""
     return int(np.random.SeedSequence([seed, epoch, world()[0]]).generate_state(1)[0])
+
+
+def _digest(arrays: Iterable[Any]) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a.detach().cpu().numpy() if torch.is_tensor(a) else a).tobytes())
+    return h.hexdigest()
+
+
+def rank_agreement(model: torch.nn.Module, batch: dict, rng_state: torch.Tensor) -> dict[str, bool]:
+    """Across DDP ranks: the weights must be identical, while each rank's batch and random state (hence its
+    noise, timesteps and dropout) must differ. Empty with one worker."""
+    _, size = world()
+    if size < 2:
+        return {}
+    mine = (_digest(model.state_dict().values()), _digest(batch[k] for k in sorted(batch)
+                                                         if getattr(batch[k], "dtype", object) != object),
+            _digest([rng_state]))
+    everyone: list[Any] = [None] * size
+    torch.distributed.all_gather_object(everyone, mine)
+    return {"same_weights": len({e[0] for e in everyone}) == 1,
+            "distinct_batches": len({e[1] for e in everyone}) == size,
+            "distinct_random_state": len({e[2] for e in everyone}) == size}
 
 
 def mean_over_workers(total: float, count: int) -> float:
@@ -123,14 +148,17 @@ def fit(
                              checkpoint=checkpoint)
 
     for epoch in range(progress.epoch, stage.epochs):
-        started, losses = time.time(), []
+        started, losses, first = time.time(), [], None
         for i, batch in enumerate(batches(epoch)):
             if i < progress.step_in_epoch:
                 continue  # already trained on before the last checkpoint
+            first = first or (batch, torch.random.get_rng_state())
             losses.append(train_step(batch, epoch))
             progress.step_in_epoch, progress.global_step = i + 1, progress.global_step + 1
             if progress.global_step % stage.checkpoint_every == 0:
                 report({"train_loss": losses[-1]})
+        if first is not None:
+            progress.ranks = rank_agreement(stateful["model"], *first)
         metrics = validate(epoch)
         selected = metrics.get("select")
         if selected is not None and selected < progress.best_val:

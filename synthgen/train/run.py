@@ -109,6 +109,7 @@ def _run_vae(ctx: dict) -> dict:
         "vae_model": ctx["vae_model"], "latent_scale": scale, "best_val_loss": state["progress"]["best_val"],
         "best_epoch": state["progress"]["best_epoch"] + 1, "epochs": tc.vae.epochs,
         "steps": state["progress"]["global_step"], "resumed_at_steps": state["progress"]["resumed_at"],
+        "ranks": state["progress"]["ranks"],
         "seconds": round(time.time() - started, 1),
     }
     write_bytes_atomic(fs, f"{vae_dir}/vae.safetensors", _safetensors_bytes(state["best"]))
@@ -156,7 +157,7 @@ def _run_diffusion(ctx: dict, vae_info: dict) -> str:
         "vae": {k: v for k, v in vae_info.items() if k != "vae_model"},
         "diffusion": {"best_sample_score": progress["best_val"], "best_epoch": progress["best_epoch"] + 1,
                       "epochs": tc.diffusion.epochs, "steps": progress["global_step"],
-                      "resumed_at_steps": progress["resumed_at"], "seconds": seconds},
+                      "resumed_at_steps": progress["resumed_at"], "ranks": progress["ranks"], "seconds": seconds},
         "workers": ctx["workers"], "gpu": ctx["gpu"], "torch": torch.__version__,
     }
     bundle_config = {
