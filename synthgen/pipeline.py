@@ -38,7 +38,8 @@ class ECGPipeline:
         self.patient_stats = PatientStats.from_dict(bundle.config["patient_stats"])
         self.latent_scale = float(bundle.config["latent_scale"])
         noise = bundle.config["noise"]  # sample on the schedule the model was trained with
-        self.noise = dict(num_train_timesteps=noise["T"], beta_start=noise["beta_start"], beta_end=noise["beta_end"])
+        self.noise = dict(num_train_timesteps=noise["T"], beta_start=noise["beta_start"], beta_end=noise["beta_end"],
+                          prediction_type=noise.get("prediction_type", "epsilon"))  # older bundles: epsilon
 
     @classmethod
     def from_bundle(cls, url: str | None = None, storage_options: StorageOptions = None,
@@ -59,7 +60,8 @@ class ECGPipeline:
 
     def predict_noise(self, z: torch.Tensor, t: torch.Tensor, cond: tuple[torch.Tensor, ...],
                       guidance: float) -> torch.Tensor:
-        """Classifier-free guidance: eps_uncond + g * (eps_cond - eps_uncond), both in one doubled batch."""
+        """Classifier-free guidance: out_uncond + g * (out_cond - out_uncond), both in one doubled batch; the
+        output is the noise or v, as the bundle's ``prediction_type`` says (guidance is linear in either)."""
         timesteps = t.expand(len(z))
         if guidance == 1.0:
             return self.unet(z, timesteps, *cond)

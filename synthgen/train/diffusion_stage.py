@@ -1,4 +1,4 @@
-"""Stage 2, one Ray Train worker: the conditional latent denoiser (DDPM, ε-prediction, T=1000).
+"""Stage 2, one Ray Train worker: the conditional latent denoiser (DDPM noise schedule, T=1000, v- or ε-prediction).
 
 Latents come from the frozen stage-1 VAE on the fly (a fresh posterior sample each epoch, scaled by the
 fitted latent scale); report embeddings come from the shared embedding cache, filled by the driver.
@@ -113,7 +113,8 @@ def diffusion_worker(config: dict[str, Any]) -> None:
         Bundle(vae, ema.model, {"embedder": {"name": embedder.name, "dim": embedder.dim},
                                 "patient_stats": config["patient_stats"], "latent_scale": scale,
                                 "noise": {"T": tc.num_timesteps, "beta_start": tc.beta_start,
-                                          "beta_end": tc.beta_end}}, "training", ""),
+                                          "beta_end": tc.beta_end, "prediction_type": tc.prediction_type}},
+               "training", ""),
         embedder=embedder, device=device)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -130,14 +131,15 @@ def diffusion_worker(config: dict[str, Any]) -> None:
         noise = torch.randn(z0.shape, generator=generator).to(device)
         a = alphas[t][:, None, None]
         z_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
-        return z_t, t, text, patient, present, noise
+        target = noise if tc.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
+        return z_t, t, text, patient, present, target
 
     def train_step(batch: dict, epoch: int) -> float:
         with torch.no_grad():
-            z_t, t, text, patient, present, noise = inputs(batch, None)
+            z_t, t, text, patient, present, target = inputs(batch, None)
             text_present, present = drop_conditions(torch.ones(len(t), dtype=torch.bool), present.cpu(), tc)
-        eps = unet(z_t, t, text, text_present.to(device), patient, present.to(device))
-        loss = F.mse_loss(eps, noise)
+        out = unet(z_t, t, text, text_present.to(device), patient, present.to(device))
+        loss = F.mse_loss(out, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -147,13 +149,13 @@ def diffusion_worker(config: dict[str, Any]) -> None:
 
     @torch.no_grad()
     def validate(epoch: int) -> dict[str, float]:
-        """ε-MSE of the EMA weights on the validation split (fixed noise and timesteps every epoch) and, on
+        """Loss (ε- or v-MSE) of the EMA weights on the validation split (fixed noise and timesteps) and, on
         sample-check epochs, the sample score of ECGs from fixed validation conditions and seeds."""
         generator, total, count = torch.Generator().manual_seed(1234), 0.0, 0
         for batch in iter_numpy(val_shard, tc.diffusion.batch_size, shuffle=False):
-            z_t, t, text, patient, present, noise = inputs(batch, generator)
-            eps = ema.model(z_t, t, text, torch.ones(len(t), dtype=torch.bool, device=device), patient, present)
-            total, count = total + float(F.mse_loss(eps, noise)) * len(t), count + len(t)
+            z_t, t, text, patient, present, target = inputs(batch, generator)
+            out = ema.model(z_t, t, text, torch.ones(len(t), dtype=torch.bool, device=device), patient, present)
+            total, count = total + float(F.mse_loss(out, target)) * len(t), count + len(t)
         metrics = {"val_loss": mean_over_workers(total, count)}
         if (epoch + 1) % tc.sample_check_every and epoch + 1 != tc.diffusion.epochs:
             return metrics

@@ -36,6 +36,9 @@ class TrainConfig:
     p_uncond: float = 0.1            # drop every condition (classifier-free guidance)
     p_drop_text: float = 0.05        # drop the report alone
     p_drop_feature: float = 0.1      # drop each of age / sex / hr alone (teaches "missing")
+    # v-prediction: an ε-loss barely penalises the x₀ estimate at high noise, where ε ≈ z_t; the model then
+    # predicts the mean there and samples collapse to it — a near-flat ECG (docs/model.md).
+    prediction_type: str = "v_prediction"
     num_timesteps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
@@ -66,7 +69,7 @@ def _small() -> TrainConfig:
     # (docs/model.md, "What we measured").
     return TrainConfig(preset="small", vae_model={"base_channels": 24, "n_res_blocks": 1},
                        vae=StageConfig(epochs=30, batch_size=32, lr=2e-3),
-                       diffusion=StageConfig(epochs=100, batch_size=32, lr=5e-4))
+                       diffusion=StageConfig(epochs=70, batch_size=32, lr=5e-4))
 
 
 def _paper() -> TrainConfig:

@@ -164,7 +164,8 @@ def _run_diffusion(ctx: dict, vae_info: dict) -> str:
         "vae": vae_info["vae_model"], "unet": ctx["unet_model"], "latent_scale": vae_info["latent_scale"],
         "embedder": {"name": ctx["embedder"].name, "dim": ctx["embedder"].dim},
         "patient_stats": ctx["stats"].to_dict(),
-        "noise": {"T": tc.num_timesteps, "beta_start": tc.beta_start, "beta_end": tc.beta_end},
+        "noise": {"T": tc.num_timesteps, "beta_start": tc.beta_start, "beta_end": tc.beta_end,
+                  "prediction_type": tc.prediction_type},
         "data_fingerprint": ctx["dataset_info"].get("fingerprint"), "synthgen_version": __version__,
         "training": training,
     }
@@ -215,7 +216,7 @@ def model_card(config: dict, command: str) -> str:
 - Epochs: {t['vae']['epochs']}, steps: {t['vae']['steps']}, wall time: {t['vae']['seconds']} s
 - Best validation loss (MSE + λ·KL on the validation split): {t['vae']['best_val_loss']:.5f} at epoch {t['vae']['best_epoch']}
 
-## Stage 2: latent diffusion (DDPM, T={config['noise']['T']}, linear β {config['noise']['beta_start']}…{config['noise']['beta_end']}, ε-prediction, EMA)
+## Stage 2: latent diffusion (DDPM, T={config['noise']['T']}, linear β {config['noise']['beta_start']}…{config['noise']['beta_end']}, {config['noise']['prediction_type']}, EMA)
 - Epochs: {t['diffusion']['epochs']}, steps: {t['diffusion']['steps']}, wall time: {t['diffusion']['seconds']} s
 - Kept weights (EMA, with warm-up): epoch {t['diffusion']['best_epoch']}, the lowest sample score {t['diffusion']['best_sample_score']:.3f} (HR MAE in bpm + 100 × share of near-flat or HR-unmeasurable ECGs, {config['training']['config']['sample_check_n']} validation conditions, samplers {config['training']['config']['sample_check_samplers']}, guidance {config['training']['config']['sample_check_guidance']})
 

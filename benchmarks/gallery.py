@@ -1,0 +1,65 @@
+"""A gallery of generated ECGs on the paper grid, to look at before a model ships (docs/figures/).
+
+    python benchmarks/gallery.py --out docs/figures/gallery-shipped.png [--model BUNDLE] [--sampler ddpm --steps 100]
+
+Three ECGs each for AF, PVC, normal and LVH (conditions below, seeds 0–2), drawn with `synthgen plot`'s
+printout and tiled 3 × 4 into one PNG; each caption gives the condition, the measured heart rate and the
+plausibility verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from synthgen.conditions.spec import Condition  # noqa: E402
+from synthgen.data.plausibility import check_many  # noqa: E402
+from synthgen.evaluate.plot import plot_ecg  # noqa: E402
+from synthgen.pipeline import ECGPipeline  # noqa: E402
+
+GALLERY = [  # (label, condition)
+    ("AF", Condition(("atrial fibrillation",), 72, "M", 95)),
+    ("PVC", Condition(("sinus rhythm", "ventricular premature complex"), 64, "F", 75)),
+    ("normal", Condition(("sinus rhythm", "normal ECG"), 40, "F", 65)),
+    ("LVH", Condition(("sinus rhythm", "left ventricular hypertrophy"), 68, "M", 70)),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--sampler", default="ddpm")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--guidance", type=float, default=2.0)
+    args = ap.parse_args()
+    pipe = ECGPipeline.from_bundle(args.model)
+    conds = [c for _, c in GALLERY for _ in range(3)]
+    x = pipe(conds, [0, 1, 2] * len(GALLERY), sampler=args.sampler, steps=args.steps, guidance=args.guidance)
+    verdicts = check_many(x, np.array([c.hr for c in conds], float))
+    fig, axes = plt.subplots(len(GALLERY), 3, figsize=(30, 4.2 * len(GALLERY)))
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (ax, cond, v) in enumerate(zip(axes.flat, conds, verdicts)):
+            path = os.path.join(tmp, f"{i}.png")
+            plot_ecg(x[i], path)
+            ax.imshow(plt.imread(path))
+            ax.axis("off")
+            hr = "—" if v.measured_hr is None else f"{v.measured_hr:.0f}"
+            ax.set_title(f"{GALLERY[i // 3][0]}: {' | '.join(cond.reports)}; HR asked {cond.hr:.0f}, measured {hr}; "
+                         f"{'plausible' if v.ok else ', '.join(v.reasons)} (seed {i % 3})", fontsize=11)
+    fig.suptitle(f"model {pipe.bundle.model_hash[:12]}, {args.sampler}-{args.steps}, guidance {args.guidance}",
+                 fontsize=14, y=1.0)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=60)
+    print(f"{sum(v.ok for v in verdicts)}/{len(verdicts)} plausible → {args.out}")
+
+
+if __name__ == "__main__":
+    main()
