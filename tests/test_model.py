@@ -176,17 +176,20 @@ def test_step_with_exact_noise_recovers_x0() -> None:
     assert torch.allclose(out.prev_sample, ab.sqrt() * x0 + (1 - ab).sqrt() * eps, atol=1e-4)
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("name", SAMPLERS)
-def test_samplers_converge_to_a_single_data_point(name: str) -> None:
-    """With data = one point x0, the optimal eps-predictor is known in closed form; every sampler,
+def test_samplers_converge_to_a_single_data_point(name: str, prediction_type: str) -> None:
+    """With data = one point x0, the optimal eps- (or v-) predictor is known in closed form; every sampler,
     ancestral or not, must then end at x0."""
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(2, 4, 128, generator=g)
-    s = make_scheduler(name)
+    s = make_scheduler(name, prediction_type=prediction_type)
+    assert s.config.prediction_type == prediction_type
     s.set_timesteps(20)
     z = torch.randn(x0.shape, generator=g) * s.init_noise_sigma
     for t in s.timesteps:
         ab = s.alphas_cumprod[t]
         eps = (z - ab.sqrt() * x0) / (1 - ab).sqrt()
-        z = s.step(eps, t, z, generator=[torch.Generator().manual_seed(i) for i in range(2)]).prev_sample
+        out = eps if prediction_type == "epsilon" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
+        z = s.step(out, t, z, generator=[torch.Generator().manual_seed(i) for i in range(2)]).prev_sample
     assert torch.allclose(z, x0, atol=2e-2)

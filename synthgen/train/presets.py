@@ -36,9 +36,9 @@ class TrainConfig:
     p_uncond: float = 0.1            # drop every condition (classifier-free guidance)
     p_drop_text: float = 0.05        # drop the report alone
     p_drop_feature: float = 0.1      # drop each of age / sex / hr alone (teaches "missing")
-    # v-prediction: an ε-loss barely penalises the x₀ estimate at high noise, where ε ≈ z_t; the model then
-    # predicts the mean there and samples collapse to it — a near-flat ECG (docs/model.md).
-    prediction_type: str = "v_prediction"
+    # "epsilon" (the shipped model's) or "v_prediction" (Salimans & Ho 2022); v did not remove the flat mode
+    # in 45 epochs here (docs/model.md), but few-step students need it.
+    prediction_type: str = "epsilon"
     num_timesteps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
@@ -64,12 +64,12 @@ class TrainConfig:
 
 def _small() -> TrainConfig:
     # A slimmer VAE than VAEConfig's default: ~100 ECG/s training on 2 cores (the default runs at ~40).
-    # kl_weight stays 1e-3: at 1e-4 no latent channel collapsed and R² rose 0.67 -> 0.71, but the richer
-    # latents made the diffusion model's samples near-flat 60 % of the time at every epoch up to 95
+    # The shipped model's settings. kl_weight stays 1e-3: at 1e-4 no latent channel collapsed and R² rose
+    # 0.67 -> 0.71, but samples were near-flat ~60 % of the time at every check up to epoch 95
     # (docs/model.md, "What we measured").
     return TrainConfig(preset="small", vae_model={"base_channels": 24, "n_res_blocks": 1},
-                       vae=StageConfig(epochs=30, batch_size=32, lr=2e-3),
-                       diffusion=StageConfig(epochs=70, batch_size=32, lr=5e-4))
+                       vae=StageConfig(epochs=25, batch_size=32, lr=2e-3),
+                       diffusion=StageConfig(epochs=50, batch_size=32, lr=5e-4))
 
 
 def _paper() -> TrainConfig:
