@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -36,13 +36,18 @@ def _storage_options(value: Optional[str]) -> Optional[dict]:
     return opts
 
 
+def _error(message: str) -> NoReturn:
+    """A user-fixable error: the message on stderr and exit code 2."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=2)
+
+
 def _run(fn, *args, **kwargs):
     """Call a library function; a user-fixable error becomes a message and exit code 2."""
     try:
         return fn(*args, **kwargs)
     except InputError as e:
-        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(code=2) from None
+        _error(str(e))
 
 
 StorageOpt = typer.Option(None, "--storage-options", help="JSON object passed to fsspec/s3fs (endpoint, key…).")
@@ -210,6 +215,50 @@ def manifest_split(
     typer.echo(f"{len(rows)} condition specs → {out}")
 
 
+@manifest_app.command("describe")
+def manifest_describe(
+    conditions: Optional[list[str]] = typer.Argument(None, help="Condition name(s), e.g. \"Brugada syndrome\" "
+                                                                "hyperkalemia LQTS."),
+    out: Optional[str] = typer.Option(None, help="Manifest to write (.csv or .parquet; local or s3://)."),
+    source: str = typer.Option("curated", help="curated (the shipped table, offline) or openai (a chat model; "
+                                               "OPENAI_API_KEY)."),
+    model: Optional[str] = typer.Option(None, help="Chat model for --source openai (default gpt-4o-mini)."),
+    age: Optional[float] = typer.Option(None, help="Patient age in years (default: unknown)."),
+    sex: Optional[str] = typer.Option(None, help="M or F (default: unknown)."),
+    hr: Optional[float] = typer.Option(None, help="Heart rate in bpm (default: the condition's typical HR "
+                                                  "where it implies one, else unknown)."),
+    n: int = typer.Option(10, help="ECGs per condition (the manifest's n column)."),
+    cache: Optional[str] = typer.Option(None, help="Cache folder for chat replies and text embeddings "
+                                                   "(default $SYNTHGEN_CACHE or ~/.cache/synthgen/embeddings)."),
+    vocabulary: bool = typer.Option(True, "--vocabulary/--no-vocabulary", help="Show each finding's nearest "
+                                    "training statements (loads the local text embedder, ~7 s)."),
+    list_: bool = typer.Option(False, "--list", help="List the curated conditions and exit."),
+    storage_options: Optional[str] = StorageOpt,
+) -> None:
+    """Stage 1 for rare conditions: describe each condition as ECG findings into a manifest to review, edit,
+    then `synthgen generate` (the paper's two-stage flow). See docs/describe.md."""
+    from synthgen.conditions.describe import curated_conditions, describe_summary, nearest_statements
+    from synthgen.conditions.embedders import get_embedder
+    from synthgen.generate.manifest import build_describe_manifest
+
+    if list_:
+        for c in curated_conditions():
+            hr_text = f", typical HR {c.typical_hr:g} bpm" if c.typical_hr is not None else ""
+            typer.echo(f"{c.condition} [{c.category}{hr_text}] — also: {'; '.join(c.aliases)}")
+        return
+    if not conditions or not out:
+        _error("name at least one condition and --out (or --list)")
+    descriptions = _run(build_describe_manifest, conditions, out, source=source, model=model, age=age, sex=sex,
+                        hr=hr, n=n, cache=cache, storage_options=_storage_options(storage_options))
+    matches = None
+    if vocabulary:
+        embedder = get_embedder("local", cache=cache)
+        matches = [nearest_statements(d.findings, embedder) for d in descriptions]
+    typer.echo(describe_summary(descriptions, hr, matches))
+    typer.echo(f"{len(descriptions)} condition spec(s) → {out}; review and edit the findings, then "
+               f"`synthgen generate --manifest {out} --out …`")
+
+
 @train_app.command("encoder")
 def train_encoder(data: str = DataOpt,
                   out: str = typer.Option(..., "--out", help="Encoder bundle folder or s3:// URL."),
@@ -284,4 +333,5 @@ def plot(
     """Draw one ECG on the standard 12-lead paper grid, captioned with its report and patient info."""
     from synthgen.evaluate.plot import plot_source
 
-    _run(plot_source, src, out, row=row)
+    caption = _run(plot_source, src, out, row=row)
+    typer.echo(f"{out}\n{caption}")

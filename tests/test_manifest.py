@@ -108,3 +108,24 @@ def test_shipped_example_manifest_is_valid():
 
     specs = read_manifest(str(files("synthgen").joinpath("assets", "examples", "minority_af.csv")))
     assert {s.label for s in specs} == {"af", "pvc"} and all(s.n for s in specs)
+
+
+def test_provenance_columns_are_read_and_fingerprinted_only_when_present(tmp_path):
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from synthgen.generate.manifest import specs_fingerprint
+
+    plain = read_manifest(write(tmp_path, "report,label\nsinus rhythm,x\n"))
+    old_formula = hashlib.sha256(json.dumps([[asdict(s.condition), s.label] for s in plain],
+                                            sort_keys=True).encode()).hexdigest()
+    assert specs_fingerprint(plain) == old_formula  # runs started before these columns existed still resume
+    text = ("report_1,report_2,label,condition_source,condition_citation\n"
+            "a,b,Brugada,\"curated table  row 1\",\"Smith J. A review. 2001\"\n")
+    [spec] = read_manifest(write(tmp_path, text, "p.csv"))
+    assert spec.condition_source == "curated table row 1" and spec.condition_citation == "Smith J. A review. 2001"
+    assert spec.text_fields() == {"label": "Brugada", "condition_source": "curated table row 1",
+                                  "condition_citation": "Smith J. A review. 2001"}
+    [edited] = read_manifest(write(tmp_path, text.replace("row 1", "row 2"), "q.csv"))
+    assert specs_fingerprint([spec]) != specs_fingerprint([edited])

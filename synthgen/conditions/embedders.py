@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import os
-import random
 import re
-import time
 import uuid
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from synthgen.conditions.openai_api import OpenAIService, OpenAIServiceError
 from synthgen.errors import InputError
 from synthgen.io.paths import StorageOptions, join, read_parquet, resolve, write_bytes_atomic
-
-log = logging.getLogger(__name__)
 
 KNOWN_NAMES = ("local", "openai", "openai:<model>")
 DEFAULT_OPENAI_MODEL = "text-embedding-ada-002"
@@ -40,7 +36,7 @@ class Embedder(Protocol):
         ...
 
 
-class EmbeddingServiceError(InputError):
+class EmbeddingServiceError(OpenAIServiceError):
     """The remote embedding service kept failing; the message says how, never with the API key."""
 
 
@@ -85,34 +81,23 @@ class LocalEmbedder:
 
 
 class OpenAIEmbedder:
-    """OpenAI embeddings API (or a compatible server): batched, with bounded exponential-backoff retries.
-
-    The SDK's own retries are off (``max_retries=0``) so that the policy here is the only one and is
-    testable. The API key is read once and never logged or put in an error message.
-    """
+    """OpenAI embeddings API (or a compatible server): batched, with bounded exponential-backoff retries
+    (``openai_api.OpenAIService``). The API key is read once and never logged or put in an error message."""
 
     def __init__(self, model: str = DEFAULT_OPENAI_MODEL, *, api_key: str | None = None,
                  base_url: str | None = None, dim: int | None = None, batch_size: int = 512,
                  max_attempts: int = 6, base_delay: float = 1.0, max_delay: float = 30.0,
                  timeout: float = 60.0) -> None:
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not key:
-            raise InputError("the OpenAI embedder needs an API key: set OPENAI_API_KEY "
-                             "(or use the offline embedder: --embedder local)")
-        if batch_size < 1 or max_attempts < 1:
-            raise ValueError("batch_size and max_attempts must be >= 1")
-        import openai
-
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.service = OpenAIService(user="the OpenAI embedder",
+                                     offline_hint="use the offline embedder: --embedder local", api_key=api_key,
+                                     base_url=base_url, max_attempts=max_attempts, base_delay=base_delay,
+                                     max_delay=max_delay, timeout=timeout, error=EmbeddingServiceError)
         self.model = model
         self.name = f"openai:{model}"
         self._dim = dim or OPENAI_DIMS.get(model)
         self.batch_size = batch_size
-        self.max_attempts = max_attempts
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self._key = key
-        self._client = openai.OpenAI(api_key=key, base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
-                                     max_retries=0, timeout=timeout)
 
     @property
     def dim(self) -> int:
@@ -131,26 +116,9 @@ class OpenAIEmbedder:
         return l2_normalise(np.concatenate(parts))
 
     def _embed_batch(self, batch: list[str]) -> np.ndarray:
-        import openai
-
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                resp = self._client.embeddings.create(model=self.model, input=batch, encoding_format="float")
-                break
-            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as err:
-                what = self._describe(err)
-                if attempt == self.max_attempts:
-                    raise EmbeddingServiceError(
-                        f"OpenAI embeddings request for model {self.model!r} failed after {attempt} attempts; "
-                        f"last error: {what}") from None
-                delay = self._delay(attempt, err)
-                log.warning("OpenAI embeddings: %s; retry %d/%d in %.2f s", what, attempt,
-                            self.max_attempts - 1, delay)
-                time.sleep(delay)
-            except openai.APIStatusError as err:
-                raise EmbeddingServiceError(
-                    f"OpenAI embeddings request for model {self.model!r} was refused: {self._describe(err)}"
-                ) from None
+        resp = self.service.call(f"OpenAI embeddings request for model {self.model!r}",
+                                 lambda client: client.embeddings.create(model=self.model, input=batch,
+                                                                         encoding_format="float"))
         data = sorted(resp.data, key=lambda d: d.index)
         if len(data) != len(batch):
             raise EmbeddingServiceError(f"OpenAI returned {len(data)} embeddings for {len(batch)} inputs")
@@ -161,22 +129,6 @@ class OpenAIEmbedder:
             raise EmbeddingServiceError(f"model {self.model!r} returned {vecs.shape[1]}-d vectors, "
                                         f"expected {self._dim}")
         return vecs
-
-    def _describe(self, err: Exception) -> str:
-        """Status and server message, truncated, with the key masked in case the server echoed it."""
-        status = getattr(err, "status_code", None)
-        text = f"HTTP {status}: {err.message}" if status else f"{type(err).__name__}: {err}"
-        return text.replace(self._key, "***")[:300]
-
-    def _delay(self, attempt: int, err: Exception) -> float:
-        """Exponential backoff with jitter; a server's Retry-After (seconds) wins when it is longer."""
-        delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-        response = getattr(err, "response", None)
-        retry_after = response.headers.get("retry-after") if response is not None else None
-        try:
-            return max(delay, min(self.max_delay, float(retry_after))) if retry_after else delay
-        except ValueError:
-            return delay
 
 
 def cache_key(name: str, text: str) -> str:

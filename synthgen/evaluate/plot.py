@@ -28,13 +28,14 @@ CAPTION_WIDTH = 150  # characters per caption line
 
 
 def plot_ecg(signal: np.ndarray, out_path: str, *, fs: float = FS, caption: str = "") -> None:
-    """Draw a (12, n) mV ECG at ``fs`` Hz as a 12-lead printout; PNG or PDF by ``out_path``'s extension."""
+    """Draw a (12, n) mV ECG at ``fs`` Hz as a 12-lead printout; PNG or PDF by ``out_path``'s extension.
+    ``caption`` lines are wrapped at CAPTION_WIDTH characters and printed above the grid."""
     signal = np.asarray(signal, np.float64)
     if signal.ndim != 2 or signal.shape[0] != len(LEADS):
         raise ValueError(f"expected a (12, n) signal, got shape {signal.shape}")
     width = 4 * SEGMENT_S * MM_PER_S  # 250 mm
     height = 4 * ROW_MM
-    lines = textwrap.wrap(caption, CAPTION_WIDTH) if caption else []
+    lines = [w for line in caption.splitlines() for w in textwrap.wrap(line, CAPTION_WIDTH)]
     fig_h_mm = height + 6 + 4.5 * len(lines)
     fig = plt.figure(figsize=(width / 25.4 * 1.2, fig_h_mm / 25.4 * 1.2))
     ax = fig.add_axes((0.0, 0.0, 1.0, height / fig_h_mm))
@@ -67,13 +68,26 @@ def plot_ecg(signal: np.ndarray, out_path: str, *, fs: float = FS, caption: str 
     plt.close(fig)
 
 
-def _caption(fields: dict) -> str:
-    """Reports, then patient and provenance fields that are present."""
+def _present(value: object) -> bool:
+    return value is not None and value == value and value != ""  # NaN != NaN
+
+
+def ecg_caption(fields: dict) -> str:
+    """The caption of one ECG from its row (or WFDB header) fields: reports, then patient and provenance fields
+    that are present. A row generated from `synthgen manifest describe` (it carries ``condition_source``) is
+    captioned with its condition, its numbered findings and where they came from, on three lines."""
     reports = fields.get("reports")
-    text = " | ".join(reports) if isinstance(reports, list) else str(reports or "")
-    keys = ("ecg_id", "age", "sex", "hr", "label", "source", "split", "seed")
+    reports = list(reports) if isinstance(reports, (list, tuple, np.ndarray)) else [str(reports or "")]
+    described = _present(fields.get("condition_source"))
+    keys = ("ecg_id", "age", "sex", "hr", *(() if described else ("label",)), "source", "split", "seed")
     info = "  ".join(f"{k}={fields[k]:.0f}" if isinstance(fields[k], float) else f"{k}={fields[k]}"
-                     for k in keys if fields.get(k) is not None and fields.get(k) == fields.get(k))
+                     for k in keys if _present(fields.get(k)))
+    if described:
+        findings = "; ".join(f"{i + 1}. {r}" for i, r in enumerate(r for r in reports if r))
+        citation = f"; reference: {fields['condition_citation']}" if _present(fields.get("condition_citation")) else ""
+        return (f"{fields.get('label') or 'condition'} — ECG findings, most important first: {findings}\n{info}\n"
+                f"findings from: {fields['condition_source']}{citation}")
+    text = " | ".join(r for r in reports if r)
     return f"{info}  —  {text}" if text else info
 
 
@@ -117,9 +131,9 @@ def _wfdb_record(src: str) -> tuple[np.ndarray, float, dict]:
     return np.nan_to_num(sig), float(rec.fs), fields
 
 
-def plot_source(src: str, out: str, *, row: int = 0) -> None:
+def plot_source(src: str, out: str, *, row: int = 0) -> str:
     """Draw one ECG with its reports and patient info as caption: a Parquet row (training shards or a
-    ``synthgen generate`` output) or a WFDB record (``.hea`` path without extension)."""
+    ``synthgen generate`` output) or a WFDB record (``.hea`` path without extension). Returns the caption."""
     fs_, path = resolve(src)
     if fs_.exists(path + ".hea"):
         sig, fs, fields = _wfdb_record(src)
@@ -127,4 +141,6 @@ def plot_source(src: str, out: str, *, row: int = 0) -> None:
         sig, fs, fields = _parquet_row(src, row)
     else:
         raise InputError(f"{src}: neither a Parquet file/folder nor a WFDB record (no {src}.hea)")
-    plot_ecg(sig, out, fs=fs, caption=_caption(fields))
+    caption = ecg_caption(fields)
+    plot_ecg(sig, out, fs=fs, caption=caption)
+    return caption

@@ -2,7 +2,8 @@
 
 A manifest (CSV or Parquet, local or s3://) has one row per condition spec. Columns (see docs/generate.md):
 ``report`` (several reports separated by " | ") *or* ``report_1`` … ``report_k``; ``age``, ``sex``, ``hr``
-(blank = unknown); optional ``label``; optional ``n`` (samples for this row) *or* ``weight``.
+(blank = unknown); optional ``label``, ``condition_source`` and ``condition_citation`` (free text copied to
+every output row); optional ``n`` (samples for this row) *or* ``weight``.
 """
 
 from __future__ import annotations
@@ -11,16 +12,20 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+from synthgen.conditions.describe import Description, describe
 from synthgen.conditions.spec import Condition
 from synthgen.errors import InputError
 from synthgen.io.paths import StorageOptions, read_parquet, resolve, write_bytes_atomic
 
 REPORT_SEP = " | "
-KNOWN_COLUMNS = ("report", "age", "sex", "hr", "label", "n", "weight")
+TEXT_COLUMNS = ("label", "condition_source", "condition_citation")  # free text, copied to every output row
+KNOWN_COLUMNS = ("report", "age", "sex", "hr", *TEXT_COLUMNS, "n", "weight")
+RANGES = {"age": (0, 120, "years"), "hr": (20, 300, "bpm")}
 _REPORT_K = re.compile(r"^report_(\d+)$")
 _SEX = {"m": "M", "male": "M", "f": "F", "female": "F"}
 MINORITY_LABELS = ("af", "pvc", "abnormal")
@@ -28,13 +33,21 @@ MINORITY_LABELS = ("af", "pvc", "abnormal")
 
 @dataclass(frozen=True)
 class Spec:
-    """One validated manifest row; ``spec_id`` is its 0-based position, which seeds and provenance use."""
+    """One validated manifest row; ``spec_id`` is its 0-based position, which seeds and provenance use.
+    ``condition_source``/``condition_citation``: where the reports came from (`synthgen manifest describe`)."""
 
     spec_id: int
     condition: Condition
     label: str | None = None
     n: int | None = None
     weight: float | None = None
+    condition_source: str | None = None
+    condition_citation: str | None = None
+
+    def text_fields(self) -> dict[str, str | None]:
+        """The TEXT_COLUMNS of this row, which every output row of the spec carries."""
+        return {"label": self.label, "condition_source": self.condition_source,
+                "condition_citation": self.condition_citation}
 
 
 def _cell(value: object) -> str:
@@ -80,7 +93,7 @@ def _report_columns(df: pd.DataFrame, url: str) -> list[str]:
     problems = []
     if unknown:
         problems.append(f"unknown column(s) {unknown} (expected report or report_1..report_k, age, sex, hr, "
-                        "label, n, weight)")
+                        "label, condition_source, condition_citation, n, weight)")
     if "report" in df.columns and numbered:
         problems.append("has both 'report' and report_1.. columns: use one form")
     if "report" not in df.columns and not numbered:
@@ -112,7 +125,7 @@ def _parse_row(i: int, row: pd.Series, report_cols: list[str], errors: list[str]
     if not reports:
         bad(report_cols[0], "", "at least one non-empty report")
     fields: dict[str, float | str | int | None] = {}
-    for name, lo, hi, unit in (("age", 0, 120, "years"), ("hr", 20, 300, "bpm")):
+    for name, (lo, hi, unit) in RANGES.items():
         text = _cell(row.get(name))
         try:
             fields[name] = _number(text, lo, hi) if text else None
@@ -134,12 +147,18 @@ def _parse_row(i: int, row: pd.Series, report_cols: list[str], errors: list[str]
             bad("weight", w_text, "a non-negative number")
     return Spec(spec_id=i, condition=Condition(reports=reports, age=fields.get("age"),
                                                sex=_SEX.get(sex.lower()) if sex else None, hr=fields.get("hr")),
-                label=_cell(row.get("label")) or None, n=n, weight=weight)
+                label=_cell(row.get("label")) or None, n=n, weight=weight,
+                condition_source=" ".join(_cell(row.get("condition_source")).split()) or None,
+                condition_citation=" ".join(_cell(row.get("condition_citation")).split()) or None)
 
 
 def read_manifest(url: str, storage_options: StorageOptions = None) -> list[Spec]:
     """Validate every row at once: all bad rows are listed in one InputError, so nothing is sampled or written."""
-    df = _read_table(url, storage_options)
+    return parse_manifest(_read_table(url, storage_options), url)
+
+
+def parse_manifest(df: pd.DataFrame, url: str) -> list[Spec]:
+    """The specs of a manifest table already in memory; ``url`` names it in errors."""
     if df.empty:
         raise InputError(f"manifest {url}: no rows")
     report_cols = _report_columns(df, url)
@@ -175,8 +194,11 @@ def sample_counts(specs: list[Spec], n: int | None) -> list[int]:
 
 
 def specs_fingerprint(specs: list[Spec]) -> str:
-    """sha256 of the validated conditions (not the file bytes): a reformatted but equal manifest resumes a run."""
-    rows = [[asdict(s.condition), s.label] for s in specs]
+    """sha256 of the validated conditions (not the file bytes): a reformatted but equal manifest resumes a run.
+    Provenance columns count only when present, so manifests without them keep their fingerprint."""
+    rows = [[asdict(s.condition), s.label] + ([s.condition_source, s.condition_citation]
+                                              if s.condition_source or s.condition_citation else [])
+            for s in specs]
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
@@ -211,6 +233,44 @@ def write_manifest(manifest: pd.DataFrame, out: str, storage_options: StorageOpt
     data_bytes = (manifest.to_parquet(index=False) if path.endswith(".parquet")
                   else manifest.to_csv(index=False).encode())
     write_bytes_atomic(fs, path, data_bytes)
+
+
+def describe_manifest(descriptions: Sequence[Description], *, age: float | None = None, sex: str | None = None,
+                      hr: float | None = None, n: int = 10) -> pd.DataFrame:
+    """One manifest row per described condition: its findings as report_1..report_k (most important first), the
+    patient info given, HR = ``hr``, else the condition's typical HR, else blank (unknown), label = the
+    condition, and the provenance columns."""
+    k = max(len(d.findings) for d in descriptions)
+    rows = [{**{f"report_{j + 1}": (d.findings[j] if j < len(d.findings) else "") for j in range(k)},
+             "age": age, "sex": sex, "hr": hr if hr is not None else d.typical_hr, "label": d.condition, "n": n,
+             "condition_source": d.source, "condition_citation": d.citation} for d in descriptions]
+    return pd.DataFrame(rows, columns=[*(f"report_{j + 1}" for j in range(k)), "age", "sex", "hr", "label", "n",
+                                       "condition_source", "condition_citation"])
+
+
+def build_describe_manifest(conditions: Sequence[str], out: str, *, source: str = "curated",
+                            model: str | None = None, age: float | None = None, sex: str | None = None,
+                            hr: float | None = None, n: int = 10, cache: str | None = None,
+                            storage_options: StorageOptions = None, **service_kwargs) -> list[Description]:
+    """Stage 1 of the paper's two-stage flow for rare conditions: describe each condition as ECG findings
+    (``conditions.describe``: the curated table or an OpenAI chat model) and write them as a manifest that a
+    person can read and edit before `synthgen generate` (stage 2). The options are checked and every
+    condition described before anything is written. Returns the descriptions."""
+    problems = [f"--{name}={value:g}: expected a number from {lo} to {hi} ({unit})"
+                for name, value in (("age", age), ("hr", hr)) if value is not None
+                for lo, hi, unit in [RANGES[name]] if not lo <= value <= hi]
+    if sex is not None and sex.strip().lower() not in _SEX:
+        problems.append(f"--sex={sex!r}: expected M, F, male or female")
+    if n < 0:
+        problems.append(f"--n={n}: expected a non-negative integer")
+    if problems:
+        raise InputError("; ".join(problems))
+    descriptions = describe(conditions, source, model=model, cache=cache, storage_options=storage_options,
+                            **service_kwargs)
+    manifest = describe_manifest(descriptions, age=age, sex=_SEX[sex.strip().lower()] if sex else None, hr=hr, n=n)
+    parse_manifest(manifest, out)  # what `generate` will accept: fail here rather than after the user's edits
+    write_manifest(manifest, out, storage_options)
+    return descriptions
 
 
 def build_minority_manifest(data: str, label: str, out: str, split: str = "train",

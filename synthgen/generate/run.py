@@ -179,7 +179,7 @@ def _run_pool(plan: Plan, pending: list[int], specs: list[Spec], *, model: str |
                 ShardSampler, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size),
                 fn_constructor_kwargs=dict(
                     model=model, storage_options=storage_options, out=out, plan=plan,
-                    conditions=[s.condition for s in specs], labels=[s.label for s in specs], prov=prov,
+                    conditions=[s.condition for s in specs], text_fields=[s.text_fields() for s in specs], prov=prov,
                     batch_size=batch_size, output_format=output_format, wfdb_fs=wfdb_fs, device=device,
                     threads=threads, replace_implausible=replace_implausible, **sample_kw),
                 **resources)

@@ -61,12 +61,12 @@ class ShardSampler:
     """``map_batches`` UDF: a batch of shard ids in, one summary row per shard out."""
 
     def __init__(self, *, model: str | None, storage_options: StorageOptions, out: str, plan: Plan,
-                 conditions: list[Condition], labels: list[str | None], prov: Provenance, sampler: str,
-                 steps: int, guidance: float, batch_size: int, output_format: str, wfdb_fs: float | None,
+                 conditions: list[Condition], text_fields: list[dict[str, str | None]], prov: Provenance,
+                 sampler: str, steps: int, guidance: float, batch_size: int, output_format: str, wfdb_fs: float | None,
                  device: str, threads: int | None, replace_implausible: int = 0) -> None:
         self.model = load_pipeline(model, storage_options, device=device, threads=threads)
         self.fs, self.root = resolve(out, storage_options)
-        self.plan, self.conditions, self.labels, self.prov = plan, conditions, labels, prov
+        self.plan, self.conditions, self.text_fields, self.prov = plan, conditions, text_fields, prov
         self.sample_kw = dict(sampler=sampler, steps=steps, guidance=guidance)
         self.batch_size, self.output_format, self.wfdb_fs = batch_size, output_format, wfdb_fs
         self.replace_implausible = replace_implausible
@@ -113,7 +113,7 @@ class ShardSampler:
         signals, seeds, attempts, verdicts = self.sample_plausible(conds, samples.seeds)
         t1 = time.perf_counter()
         wfdb_rel = f"wfdb/{name}" if self.output_format in ("wfdb", "both") else None
-        table = shard_table(signals, conds, [self.labels[s] for s in samples.spec_ids], samples.spec_ids,
+        table = shard_table(signals, conds, [self.text_fields[s] for s in samples.spec_ids], samples.spec_ids,
                             samples.indices, seeds, self.prov, wfdb_rel, attempts, verdicts)
         if wfdb_rel:
             with_retries(lambda: write_wfdb_records(self.fs, join(self.root, wfdb_rel), table, signals,

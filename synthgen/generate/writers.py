@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from synthgen.conditions.spec import Condition
 from synthgen.data.plausibility import Plausibility
 from synthgen.ecg import FS, LEADS, N_LEADS, N_SAMPLES
+from synthgen.generate.manifest import TEXT_COLUMNS
 from synthgen.generate.plan import shard_name
 from synthgen.errors import InputError
 from synthgen.io.paths import StorageOptions, join, read_parquet, resolve, write_bytes_atomic
@@ -39,6 +40,8 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("sex", pa.string()),
         pa.field("hr", pa.float64()),
         pa.field("label", pa.string()),
+        pa.field("condition_source", pa.string()),
+        pa.field("condition_citation", pa.string()),
         pa.field("spec_id", pa.int64(), nullable=False),
         pa.field("sample_index", pa.int64(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
@@ -90,11 +93,13 @@ def record_name(spec_id: int, index: int) -> str:
     return f"s{spec_id:06d}_{index:06d}"
 
 
-def shard_table(signals: np.ndarray, conditions: list[Condition], labels: list[str | None], spec_ids: np.ndarray,
-                indices: np.ndarray, seeds: np.ndarray, prov: Provenance, wfdb_dir: str | None,
-                attempts: np.ndarray, verdicts: list[Plausibility]) -> pa.Table:
-    """One shard's rows. ``seeds`` are the seeds used (the ``attempts``-th of each sample's stream), ``verdicts``
-    the plausibility checks; ``wfdb_dir`` is the records' folder relative to the output root, or None."""
+def shard_table(signals: np.ndarray, conditions: list[Condition], text_fields: list[dict[str, str | None]],
+                spec_ids: np.ndarray, indices: np.ndarray, seeds: np.ndarray, prov: Provenance,
+                wfdb_dir: str | None, attempts: np.ndarray, verdicts: list[Plausibility]) -> pa.Table:
+    """One shard's rows. ``text_fields``: per row, the manifest's free-text columns (label, condition_source,
+    condition_citation; a missing key is null). ``seeds`` are the seeds used (the ``attempts``-th of each
+    sample's stream), ``verdicts`` the plausibility checks; ``wfdb_dir`` is the records' folder relative to
+    the output root, or None."""
     n = len(conditions)
     if signals.shape != (n, N_LEADS, N_SAMPLES):
         raise ValueError(f"sampler returned {signals.shape}, expected ({n}, {N_LEADS}, {N_SAMPLES})")
@@ -109,7 +114,7 @@ def shard_table(signals: np.ndarray, conditions: list[Condition], labels: list[s
         "age": [c.age for c in conditions],
         "sex": [c.sex for c in conditions],
         "hr": [c.hr for c in conditions],
-        "label": labels,
+        **{k: [t.get(k) for t in text_fields] for k in TEXT_COLUMNS},
         "spec_id": spec_ids, "sample_index": indices, "seed": seeds, "attempt": attempts,
         "plausible": [v.ok for v in verdicts], "implausible_reasons": [list(v.reasons) for v in verdicts],
         "measured_hr": [v.measured_hr for v in verdicts],
