@@ -94,6 +94,19 @@ def prepare_wfdb(
          storage_options=_storage_options(storage_options))
 
 
+@prepare_app.command("physionet-challenge")
+def prepare_physionet_challenge(
+    src: str = typer.Option(..., help="PhysioNet/CinC Challenge 2020/2021 records (.hea + .mat with #Age, #Sex, "
+                                      "#Dx SNOMED CT codes), searched recursively."),
+    out: str = typer.Option(..., help="Output folder or s3:// URL for the shards."),
+    workers: Optional[int] = typer.Option(None, help="Parallel workers (default: all CPUs)."),
+    storage_options: Optional[str] = StorageOpt,
+) -> None:
+    from synthgen.data.prepare import prepare
+
+    _run(prepare, "physionet-challenge", src, out, workers=workers, storage_options=_storage_options(storage_options))
+
+
 # ------------------------------------------------------------------------------------------------ train
 def _train(stage: str, data: str, out: str, preset: str, workers: int, gpu: bool, embedder: str,
            cache: Optional[str], seed: int, storage_options: Optional[str]) -> None:

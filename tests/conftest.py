@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 PTBXL = Path(os.environ.get("SYNTHGEN_PTBXL", REPO.parent / "shared" / "data" / "ptbxl"))
+CINC = Path(os.environ.get("SYNTHGEN_CINC", REPO.parent / "shared" / "data" / "cinc2021-samples"))
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +22,14 @@ def ptbxl_dir() -> Path:
     if not (PTBXL / "ptbxl_database.csv").exists():
         pytest.fail(f"PTB-XL subset not found at {PTBXL} (set SYNTHGEN_PTBXL)")
     return PTBXL
+
+
+@pytest.fixture(scope="session")
+def cinc_dir() -> Path:
+    """The 199 real PhysioNet/CinC Challenge 2021 records (.hea + .mat), read in place."""
+    if not (CINC / "RECORDS").exists():
+        pytest.fail(f"CinC 2021 samples not found at {CINC} (set SYNTHGEN_CINC)")
+    return CINC
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -285,7 +285,7 @@ def test_out_on_s3_and_rerun_replaces(ray_local, s3_server, ptbxl_dir: Path, tmp
 
 
 # ---------------------------------------------------------------------------------------------- bad --src
-@pytest.mark.parametrize("source", ["ptbxl", "mimic-iv-ecg", "wfdb"])
+@pytest.mark.parametrize("source", ["ptbxl", "mimic-iv-ecg", "wfdb", "physionet-challenge"])
 def test_bad_src_raises_and_writes_nothing(source: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     empty = tmp_path / "empty"

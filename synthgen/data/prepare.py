@@ -20,13 +20,13 @@ from tqdm import tqdm
 
 import synthgen
 from synthgen.data.record import RecordTask, process
-from synthgen.data.sources import mimic_iv_ecg, ptbxl, wfdb_folder
+from synthgen.data.sources import mimic_iv_ecg, physionet_challenge, ptbxl, wfdb_folder
 from synthgen.data.splits import SPLITS
 from synthgen.errors import InputError
 from synthgen.io import shards
 from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic, write_json_atomic
 
-SOURCES = ("ptbxl", "mimic-iv-ecg", "wfdb")
+SOURCES = ("ptbxl", "mimic-iv-ecg", "wfdb", "physionet-challenge")
 SHARD_ROWS = 1000
 MAX_CHUNK = 50  # records per Ray task: small enough to balance 2 cores, large enough to amortise overhead
 REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("ecg_id", "source", "path", "reason", "detail")])
@@ -88,6 +88,8 @@ def _tasks(source: str, src: str, metadata: str | None, patients: str | None,
         return mimic_iv_ecg.tasks(src, patients, storage_options)
     if source == "wfdb":
         return wfdb_folder.tasks(src, metadata, storage_options)
+    if source == "physionet-challenge":
+        return physionet_challenge.tasks(src, storage_options)
     raise InputError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
 
 

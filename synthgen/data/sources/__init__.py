@@ -1,1 +1,2 @@
-"""One reader per dataset layout (PTB-XL, MIMIC-IV-ECG, any WFDB folder), each yielding record tasks."""
+"""One reader per dataset layout (PTB-XL, MIMIC-IV-ECG, any WFDB folder, the PhysioNet/CinC Challenge), each
+yielding record tasks."""
