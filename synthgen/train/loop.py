@@ -71,9 +71,8 @@ def rank_agreement(model: torch.nn.Module, batch: dict, rng_state: torch.Tensor)
     _, size = world()
     if size < 2:
         return {}
-    mine = (_digest(model.state_dict().values()), _digest(batch[k] for k in sorted(batch)
-                                                         if getattr(batch[k], "dtype", object) != object),
-            _digest([rng_state]))
+    numeric = [batch[k] for k in sorted(batch) if getattr(batch[k], "dtype", None) not in (None, object)]
+    mine = (_digest(model.state_dict().values()), _digest(numeric), _digest([rng_state]))
     everyone: list[Any] = [None] * size
     torch.distributed.all_gather_object(everyone, mine)
     return {"same_weights": len({e[0] for e in everyone}) == 1,
