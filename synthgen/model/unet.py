@@ -2,8 +2,9 @@
 
 Heart rate also enters as Fourier features + an MLP added to the timestep embedding, so its magnitude
 reaches every residual block (a LayerNorm'd token alone keeps little of it). Conditions become four
-tokens — text embedding, age, sex, heart rate — each with a learned null token used when that condition is missing (or dropped for classifier-free guidance), plus a learned per-token
-type embedding so the attention can tell them apart. Cross-attention sits at the attention levels of the
+tokens — text embedding, age, sex, heart rate — each with a learned null token used when that condition
+is missing (or dropped for classifier-free guidance), plus a learned per-token type embedding so the
+attention can tell them apart. Cross-attention sits at the attention levels of the
 down and up paths and in the bottleneck, as in DiffuSETS (their Fig. 5).
 """
 

@@ -5,7 +5,8 @@ fitted latent scale); report embeddings come from the shared embedding cache, fi
 Checkpoints are chosen by what the model makes, not by ε-MSE alone: every ``sample_check_every`` epochs
 (and at the last) the EMA weights sample ECGs for fixed validation conditions with the default and a fast
 sampler, and the kept weights are those with the lowest ``sample_score``. Conditions are dropped at
-random — all of them (classifier-free guidance), the report alone, or each patient feature alone (so a manifest row may leave age, sex or HR blank).
+random — all of them (classifier-free guidance), the report alone, or each patient feature alone (so a
+manifest row may leave age, sex or HR blank).
 """
 
 from __future__ import annotations
