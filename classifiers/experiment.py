@@ -29,6 +29,7 @@ from synthgen.cluster import ray_session
 from synthgen.errors import InputError
 from synthgen.generate.manifest import class_conditions, largest_remainder, write_manifest
 from synthgen.io.paths import StorageOptions, join, read_json, resolve, write_bytes_atomic, write_json_atomic
+from synthgen.io.shards import read_summary
 
 SCHEMA = "augment-eval-v1"
 
@@ -76,12 +77,6 @@ def _synthetic_provenance(url: str, storage_options: StorageOptions) -> dict:
     done = read_json(fs, path)
     return {"url": url, "run_id": done.get("run_id"), **{k: done.get("params", {}).get(k) for k in
                                                           ("model_hash", "sampler", "steps", "guidance", "seed")}}
-
-
-def _data_fingerprint(data: str, storage_options: StorageOptions) -> str | None:
-    fs, root = resolve(data, storage_options)
-    path = join(root, "dataset.json")
-    return read_json(fs, path).get("fingerprint") if fs.exists(path) else None
 
 
 def _check_args(tasks: list[str], seeds: int, epochs: int, target_ratio: float, n_synthetic: int,
@@ -182,8 +177,8 @@ def augment_eval(data: str, out: str, *, tasks: tuple[str, ...] | list[str] = TA
                             "arms": {a.name: {"train": a.train.counts(), "synthetic_rows": a.synthetic_rows,
                                               "class_weight": a.class_weight} for a in arms},
                             "skipped": skipped}
-    inputs = {"data": data, "data_fingerprint": _data_fingerprint(data, storage_options), "target_ratio": target_ratio,
-              "synthetic": {t: provenance[t]["synthetic"] for t in tasks}}
+    inputs = {"data": data, "data_fingerprint": (read_summary(data, storage_options) or {}).get("fingerprint"),
+              "target_ratio": target_ratio, "synthetic": {t: provenance[t]["synthetic"] for t in tasks}}
     results = _run_trials(prepared, inputs, fs, root, seeds=seeds, epochs=epochs, batch_size=batch_size, gpu=gpu,
                           progress=progress)
     trials = pd.DataFrame([{"task": r["config"]["task"], "arm": r["config"]["arm"], "seed": r["config"]["seed"],

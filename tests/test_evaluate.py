@@ -14,7 +14,7 @@ import pytest
 
 from synthgen.errors import InputError
 from synthgen.evaluate import metrics as M
-from synthgen.io.shards import SCHEMA, read_shards, signals, to_parquet_bytes
+from synthgen.io.shards import SCHEMA, read_shards, signals, to_parquet_bytes, to_table
 
 RNG = np.random.default_rng(0)
 
@@ -261,6 +261,67 @@ def test_plot_parquet_row_and_wfdb_record(generated, small_shards, tmp_path) -> 
         plot_source(str(tmp_path / "nothing"), str(tmp_path / "x.png"))
     with pytest.raises(ValueError):
         plot_ecg(np.zeros((8, 1024)), str(tmp_path / "y.png"))
+
+
+def _changed_outside_and_inside(before: Path, after: Path, lead: str) -> tuple[int, int]:
+    """Pixels that differ between two printouts: (outside, inside) the panels where ``lead`` is drawn (its
+    2.5 s panel, and the rhythm strip for II), each widened by 1 mm for line width and antialiasing."""
+    from matplotlib.image import imread
+
+    from synthgen.evaluate.plot import LAYOUT, MM_PER_S, ROW_MM, SEGMENT_S
+
+    a, b = imread(str(before)), imread(str(after))
+    changed = np.abs(a - b).sum(axis=-1) > 0.05
+    height_px, width_px = changed.shape
+    px_per_mm = width_px / (4 * SEGMENT_S * MM_PER_S)  # the paper spans the image width; the grid sits at the bottom
+    boxes = [(c * SEGMENT_S * MM_PER_S, (c + 1) * SEGMENT_S * MM_PER_S, (3 - r) * ROW_MM, (4 - r) * ROW_MM)
+             for r, row in enumerate(LAYOUT) for c, name in enumerate(row) if name == lead]
+    if lead == "II":
+        boxes.append((0.0, 4 * SEGMENT_S * MM_PER_S, 0.0, ROW_MM))
+    inside = np.zeros_like(changed)
+    for x0, x1, y0, y1 in boxes:
+        cols = slice(max(0, int((x0 - 1) * px_per_mm)), int((x1 + 1) * px_per_mm) + 1)
+        rows = slice(max(0, int(height_px - (y1 + 1) * px_per_mm)), int(height_px - (y0 - 1) * px_per_mm) + 1)
+        inside[rows, cols] = True
+    return int(changed[~inside].sum()), int(changed[inside].sum())
+
+
+def test_plot_draws_each_lead_in_its_labelled_panel(tmp_path) -> None:
+    """A 1 mV step on one lead moves ink only inside that lead's panel, for WFDB records whose leads are stored
+    in MIMIC's order with other spellings (read by name) and for Parquet rows (canonical order)."""
+    import wfdb
+
+    from synthgen.ecg import LEADS
+    from synthgen.evaluate.plot import plot_source
+
+    t = np.arange(5000) / 500.0
+    base = np.tile(0.3 * np.sin(2 * np.pi * 1.2 * t), (12, 1))  # a plausible amplitude on every lead
+    stored = ["I", "II", "III", "AVR", "AVF", "AVL", "v1", "v2", "v3", "v4", "v5", "v6"]  # MIMIC order, odd case
+    order = [LEADS.index(name) if name in LEADS else [n.lower() for n in LEADS].index(name.lower())
+             for name in stored]
+
+    def draw(signal: np.ndarray, folder: str) -> Path:
+        (tmp_path / folder).mkdir()
+        wfdb.wrsamp("rec", fs=500, units=["mV"] * 12, sig_name=stored, p_signal=signal[order].T, fmt=["16"] * 12,
+                    adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path / folder))
+        plot_source(str(tmp_path / folder / "rec"), str(tmp_path / f"{folder}.png"))
+        return tmp_path / f"{folder}.png"
+
+    reference = draw(base, "base")
+    for i, lead in enumerate(LEADS):
+        outside, inside = _changed_outside_and_inside(reference, draw(base + np.eye(12)[i][:, None], lead), lead)
+        assert outside == 0 and inside > 200, (lead, outside, inside)
+
+    wave = np.tile(0.3 * np.sin(2 * np.pi * 1.2 * np.arange(1024) / 102.4), (12, 1))
+    rows = [{"ecg_id": "x", "source": "t", "patient_id": "p", "split": "test", "reports": ["sinus rhythm"],
+             "report_text": "sinus rhythm", "age": 50.0, "sex": "F", "hr": 60.0, "hr_source": "qrs", "af": False,
+             "pvc": False, "abnormal": False, "scp_codes": [], "fs_source": 500.0, "signal": wave + step}
+            for step in (0.0, np.eye(12)[LEADS.index("V2")][:, None])]
+    (tmp_path / "part-00000.parquet").write_bytes(to_parquet_bytes(to_table(rows)))
+    for row in (0, 1):
+        plot_source(str(tmp_path / "part-00000.parquet"), str(tmp_path / f"row{row}.png"), row=row)
+    outside, inside = _changed_outside_and_inside(tmp_path / "row0.png", tmp_path / "row1.png", "V2")
+    assert outside == 0 and inside > 200
 
 
 def test_ecgsyn_like_peer_has_requested_rate_and_consistent_leads(generated, tmp_path) -> None:

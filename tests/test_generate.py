@@ -23,9 +23,11 @@ import pytest
 
 from bundles import TinyBundle
 from synthgen.conditions.spec import Condition
+from synthgen.ecg import LEADS
 from synthgen.errors import InputError
 from synthgen.generate.plan import Plan, sample_seed
 from synthgen.generate.run import generate
+from synthgen.generate.writers import resample
 from synthgen.io.shards import signals as table_signals
 
 MANIFEST = ("report,age,sex,hr,label,n\n"
@@ -122,9 +124,13 @@ def test_generate_local_resume_and_rerun(ray_local, tiny_bundle, tmp_path, manif
     np.testing.assert_allclose(np.stack(row.signal), alone[0], rtol=1e-4, atol=1e-5)
     assert np.isfinite(stacked(df)).all()
     rec = wfdb.rdrecord(f"{out}/{row.wfdb_record}")
-    assert rec.fs == 500 and rec.p_signal.shape == (5000, 12) and rec.sig_name[0] == "I"
+    assert rec.fs == 500 and rec.p_signal.shape == (5000, 12) and rec.sig_name == list(LEADS)
+    assert rec.units == ["mV"] * 12
     assert "label: pvc" in rec.comments and f"model_hash: {tiny_bundle.model_hash}" in rec.comments
-    assert (Path(out) / "_SUCCESS.json").exists() and (Path(out) / "plan.json").exists()
+    # the record's values are the Parquet signal resampled to 500 Hz, within half an ADC step
+    expected = resample(np.stack(row.signal)[None], 500.0)[0]
+    assert (np.abs(rec.p_signal.T - expected) * np.asarray(rec.adc_gain)[:, None]).max() <= 0.501
+    assert (Path(out) / "_SUCCESS.json").exists() and (Path(out) / "_plan.json").exists()
 
     # a finished run: the rerun writes nothing
     mtimes = {p: p.stat().st_mtime_ns for p in Path(out).rglob("*")}
@@ -148,6 +154,7 @@ def test_generate_local_resume_and_rerun(ray_local, tiny_bundle, tmp_path, manif
     other = str(tmp_path / "other")
     generate(manifest, other, **{**kw, "output_format": "parquet", "wfdb_fs": None, "shard_size": 5, "batch_size": 2})
     np.testing.assert_allclose(stacked(read_rows(other)), stacked(read_rows(out)), rtol=1e-4, atol=1e-5)
+    assert len(pd.read_parquet(other)) == TOTAL  # a Parquet-only run's root reads as its rows (_plan/_SUCCESS skipped)
 
     with pytest.raises(InputError, match="different parameters.*seed"):
         generate(manifest, out, **{**kw, "seed": 4})
@@ -212,7 +219,7 @@ def test_s3_output_survives_a_server_restart(ray_local, tiny_bundle, s3_server, 
     df = read_rows(out, opts)
     assert_exactly_once(df)
     assert np.stack(df.signal.iloc[0]).shape == (12, 1024)
-    assert client.exists(f"{out[5:]}/_SUCCESS.json") and client.exists(f"{out[5:]}/plan.json")
+    assert client.exists(f"{out[5:]}/_SUCCESS.json") and client.exists(f"{out[5:]}/_plan.json")
 
 
 def test_wfdb_only_run_commits_by_records_file(ray_local, tmp_path, manifest, model_kw, capsys):
@@ -225,7 +232,7 @@ def test_wfdb_only_run_commits_by_records_file(ray_local, tmp_path, manifest, mo
     names = [line for f in sorted(out.glob("wfdb/part-*/RECORDS")) for line in f.read_text().split()]
     assert len(names) == TOTAL == len(set(names)) and not (out / "shards").exists()
     rec = wfdb.rdrecord(str(out / "wfdb" / "part-00000" / names[0]))
-    assert rec.p_signal.shape == (1024, 12) and rec.fs == pytest.approx(102.4)
+    assert rec.p_signal.shape == (1024, 12) and rec.fs == pytest.approx(102.4) and rec.sig_name == list(LEADS)
     assert np.isfinite(rec.p_signal).all()
     assert generate(manifest, str(out), **kw)["shards_written"] == 0
 

@@ -25,11 +25,11 @@ from fixtures.builders import MIMIC_LEADS, PTBXL_LEADS, mimic_fixture, ptbxl_sub
 from synthgen.data.heart_rate import hr_from_rr, hr_from_signal
 from synthgen.data.labels import labels_from_scp, labels_from_text
 from synthgen.data.prepare import prepare
-from synthgen.data.preprocess import Rejected, canonical_leads, clean, fill_missing, resample_1024
+from synthgen.data.preprocess import Rejected, clean, fill_missing, resample_1024
 from synthgen.data.splits import split_for_fold, split_for_patient
 from synthgen.ecg import LEADS
 from synthgen.errors import InputError
-from synthgen.io.shards import read_shards, signals, to_parquet_bytes, to_table
+from synthgen.io.shards import REJECTS, SUMMARY, read_shards, signals, to_parquet_bytes, to_table
 
 
 # ------------------------------------------------------------------------------------ preprocessing units
@@ -43,17 +43,6 @@ def test_resample_gives_1024_samples_of_the_same_waveform() -> None:
         assert np.abs(out[:, 50:-50] - expected[50:-50]).max() < 0.02
 
 
-def test_leads_are_chosen_by_name_not_position() -> None:
-    names = ["v6", "AVF", "i", "V1", "aVL", "III", "V2", "avr", "II", "V5", "V3", "V4"]
-    raw = np.stack([np.full(5, i, float) for i in range(12)], axis=1)  # column j holds the value j
-    out = canonical_leads(raw, names)
-    lower = [n.lower() for n in names]
-    assert [out[i, 0] for i in range(12)] == [lower.index(lead.lower()) for lead in LEADS]
-    with pytest.raises(Rejected) as e:
-        canonical_leads(raw, [*names[:-1], "X"])
-    assert e.value.reason == "unknown_leads"
-
-
 def test_missing_samples_interpolated_when_few_rejected_when_a_lead_is_empty() -> None:
     x = np.tile(np.linspace(0, 1, 1000), (12, 1))
     x[3, 100:105] = np.nan
@@ -64,12 +53,12 @@ def test_missing_samples_interpolated_when_few_rejected_when_a_lead_is_empty() -
     assert e.value.reason == "nan_lead" and "V2" in e.value.detail
 
 
-def test_short_record_rejected_and_units_scaled() -> None:
+def test_short_record_rejected_and_ten_seconds_kept() -> None:
     with pytest.raises(Rejected) as e:
-        clean(np.zeros((900, 12)), PTBXL_LEADS, ["mV"] * 12, 100.0)
+        clean(np.zeros((12, 900)), 100.0)
     assert e.value.reason == "too_short"
-    out = clean(np.ones((1200, 12)), PTBXL_LEADS, ["uV"] * 12, 100.0)
-    assert out.shape == (12, 1000) and np.allclose(out, 1e-3)
+    out = clean(np.tile(np.arange(1200.0), (12, 1)), 100.0)
+    assert out.shape == (12, 1000) and out[3, -1] == 999.0
 
 
 def _synthetic_ecg(bpm: float, fs: float) -> np.ndarray:
@@ -121,7 +110,7 @@ def test_shards_round_trip_through_plain_pandas() -> None:
 
 # ----------------------------------------------------------------------------------------- end to end
 def _rejects(out: Path) -> pd.DataFrame:
-    return pd.read_parquet(out / "rejects.parquet")
+    return pd.read_parquet(out / REJECTS)
 
 
 def test_ptbxl_subset_end_to_end_and_rerun_is_idempotent(ray_local, ptbxl_dir: Path, tmp_path: Path) -> None:
@@ -131,7 +120,7 @@ def test_ptbxl_subset_end_to_end_and_rerun_is_idempotent(ray_local, ptbxl_dir: P
     summary = prepare("ptbxl", str(src), str(out), workers=2, shard_rows=25)
     assert summary["records_seen"] == 60 == summary["rows"] + summary["rejected"]
     assert summary["rejected"] == 0 and summary["shards"] == [f"part-0000{i}.parquet" for i in range(3)]
-    assert json.loads((out / "dataset.json").read_text()) == summary
+    assert json.loads((out / SUMMARY).read_text()) == summary
     assert pq.read_schema(out / "part-00000.parquet").metadata[b"synthgen.shards.schema_version"] == b"1"
 
     table = read_shards(str(out))
@@ -216,6 +205,8 @@ def test_wfdb_folder_with_every_kind_of_bad_input(ray_local, ptbxl_dir: Path, tm
     _write(src, "nan_lead", nan_lead, PTBXL_LEADS)
     _write(src, "odd_leads", good[0], [f"X{i}" for i in range(12)])
     _write(src, "flat", np.zeros((1000, 12)), PTBXL_LEADS)
+    _write(src, "no_beats", np.tile(0.5 * np.sin(2 * np.pi * 0.2 * np.arange(1000) / 100), (12, 1)).T, PTBXL_LEADS)
+    _write(src, "two_v1", np.concatenate([good[0], -good[0][:, 6:7]], axis=1), [*PTBXL_LEADS, "v1"])
     _write(src, "unlisted", good[1], PTBXL_LEADS)
     _write(src, "no_age", good[2], PTBXL_LEADS)
     _write(src, "no_sex", good[2], PTBXL_LEADS)
@@ -223,18 +214,19 @@ def test_wfdb_folder_with_every_kind_of_bad_input(ray_local, ptbxl_dir: Path, tm
             ("a/b/good2", "Atrial fibrillation", 70, "female", None),
             ("hr_given", "Sinus rhythm", 300, "F", 66.0),
             *[(name, "x", 50, "M", None) for name in ("truncated", "no_dat", "broken_header", "short", "nan_lead",
-                                                        "odd_leads", "flat", "gone")],
+                                                        "odd_leads", "flat", "no_beats", "two_v1", "gone")],
             ("no_age", "x", None, "M", None), ("no_sex", "x", 40, "?", None)]
     meta = pd.DataFrame(rows, columns=["record", "report", "age", "sex", "hr"])
     meta.to_csv(tmp_path / "meta.csv", index=False)
 
     out = tmp_path / "out"
     summary = prepare("wfdb", str(src), str(out), metadata=str(tmp_path / "meta.csv"), workers=2)
-    assert summary["records_seen"] == 14 == summary["rows"] + summary["rejected"]
+    assert summary["records_seen"] == 16 == summary["rows"] + summary["rejected"]
     rejects = _rejects(out).set_index("ecg_id")
     assert rejects["reason"].to_dict() == {
         "truncated": "unreadable_record", "no_dat": "missing_record", "broken_header": "unreadable_record",
-        "short": "too_short", "nan_lead": "nan_lead", "odd_leads": "unknown_leads", "flat": "no_hr",
+        "short": "too_short", "nan_lead": "nan_lead", "odd_leads": "unknown_leads",
+        "flat": "implausible_amplitude", "no_beats": "no_hr", "two_v1": "duplicate_lead",
         "gone": "missing_record", "unlisted": "no_metadata", "no_age": "no_age", "no_sex": "no_sex"}
     assert summary["rejects_by_reason"] == rejects["reason"].value_counts().sort_index().to_dict()
     assert "aVL" in rejects.loc["nan_lead", "detail"]
@@ -268,7 +260,7 @@ def test_truncated_ptbxl_record_is_rejected_and_run_goes_on(ray_local, ptbxl_dir
 
 
 def test_out_on_s3_and_rerun_replaces(ray_local, s3_server, ptbxl_dir: Path, tmp_path: Path) -> None:
-    """--out s3://… (SeaweedFS): shards, rejects and dataset.json land there; a rerun leaves no stale part."""
+    """--out s3://… (SeaweedFS): shards, rejects and the summary land there; a rerun leaves no stale part."""
     import s3fs
 
     src = tmp_path / "mimic"
@@ -279,8 +271,8 @@ def test_out_on_s3_and_rerun_replaces(ray_local, s3_server, ptbxl_dir: Path, tmp
     summary = prepare("mimic-iv-ecg", str(src), out, patients=str(src / "patients.csv"), storage_options=opts,
                       shard_rows=3)
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_server.BUCKET}/prepare-test"))
-    assert names == ["dataset.json", "part-00000.parquet", "part-00001.parquet", "rejects.parquet"]
-    assert json.loads(fs.cat(f"{s3_server.BUCKET}/prepare-test/dataset.json")) == summary
+    assert names == [SUMMARY, REJECTS, "part-00000.parquet", "part-00001.parquet"]
+    assert json.loads(fs.cat(f"{s3_server.BUCKET}/prepare-test/{SUMMARY}")) == summary
     assert signals(read_shards(out, storage_options=opts)).shape == (4, 12, 1024)
 
 

@@ -1,10 +1,12 @@
-"""`synthgen prepare`: a PhysioNet dataset → training shards (Parquet), rejects and dataset.json.
+"""`synthgen prepare`: a PhysioNet dataset → training shards (Parquet), _rejects.parquet and _dataset.json.
 
 The driver reads the source's metadata into tasks (any bad ``--src`` fails here, before anything is
 written), Ray runs the pure per-record function over chunks, and results come back in ecg_id order so
 shards are deterministic: ``part-00000.parquet`` … with ``SHARD_ROWS`` rows each. A rerun into the same
 place overwrites those names, then removes stale parts of an earlier, larger run, and writes
-dataset.json last, so a reader that trusts dataset.json never sees a half-written dataset.
+_dataset.json last, so a reader that trusts _dataset.json never sees a half-written dataset. The two
+metadata files start with "_" so that Parquet readers given the folder (pandas, pyarrow, Ray Data) skip
+them and read exactly the rows.
 """
 
 from __future__ import annotations
@@ -36,22 +38,22 @@ LABELS = ("af", "pvc", "abnormal")
 def prepare(source: str, src: str, out: str, *, metadata: str | None = None, patients: str | None = None,
             workers: int | None = None, storage_options: dict | None = None,
             shard_rows: int = SHARD_ROWS) -> dict:
-    """Convert ``src`` (a ``source`` layout) into shards under ``out``; return the dataset.json summary.
+    """Convert ``src`` (a ``source`` layout) into shards under ``out``; return the _dataset.json summary.
 
     Raises InputError, writing nothing, if ``src`` (or ``metadata``/``patients``) is missing or not the
-    expected layout. Bad records do not stop the run: they are listed in rejects.parquet.
+    expected layout. Bad records do not stop the run: they are listed in _rejects.parquet.
     ``shard_rows`` exists so tests can exercise several shards on a small input.
     """
     tasks = sorted(_tasks(source, src, metadata, patients, storage_options), key=lambda t: t.ecg_id)
     if not tasks:
         raise InputError(f"--src {src}: the metadata lists no records")
     fs, root = resolve(out, storage_options)
-    if fs.exists(join(root, "dataset.json")):  # an earlier run's summary must not vouch for a half-done rerun
-        fs.rm(join(root, "dataset.json"))
+    if fs.exists(join(root, shards.SUMMARY)):  # an earlier run's summary must not vouch for a half-done rerun
+        fs.rm(join(root, shards.SUMMARY))
     writer = _ShardWriter(fs, root)
     rejects: list[dict] = []
     pending: list[pa.Table] = []
-    for table, chunk_rejects in _results(tasks, workers):
+    for table, chunk_rejects in _results(tasks, workers, storage_options):
         rejects += chunk_rejects
         pending.append(table)
         while sum(len(t) for t in pending) >= shard_rows:
@@ -63,7 +65,7 @@ def prepare(source: str, src: str, out: str, *, metadata: str | None = None, pat
         writer.write(rest)
     for stale in sorted(set(shards.list_parts(out, storage_options)) - {join(root, p) for p in writer.parts}):
         fs.rm(stale)
-    write_bytes_atomic(fs, join(root, "rejects.parquet"),
+    write_bytes_atomic(fs, join(root, shards.REJECTS),
                        shards.to_parquet_bytes(pa.Table.from_pylist(rejects, REJECT_SCHEMA)))
     counts = writer.counts
     summary = {
@@ -76,7 +78,7 @@ def prepare(source: str, src: str, out: str, *, metadata: str | None = None, pat
         "rejects_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
         "shards": writer.parts, "fingerprint": writer.digest.hexdigest(),
     }
-    write_json_atomic(fs, join(root, "dataset.json"), summary)
+    write_json_atomic(fs, join(root, shards.SUMMARY), summary)
     return summary
 
 
@@ -118,11 +120,11 @@ class _ShardWriter:
                 self.counts[f"label:{label}:{split}"] += pc.sum(both).as_py() or 0
 
 
-def _process_chunk(chunk: list[RecordTask]) -> tuple[pa.Table, list[dict]]:
+def _process_chunk(chunk: list[RecordTask], storage_options: StorageOptions) -> tuple[pa.Table, list[dict]]:
     """The Ray task: process records one by one (pure), return their rows as one table plus rejects."""
     rows, rejects = [], []
     for task in chunk:
-        row, reject = process(task)
+        row, reject = process(task, storage_options)
         if row is not None:
             rows.append(row)
         else:
@@ -130,7 +132,8 @@ def _process_chunk(chunk: list[RecordTask]) -> tuple[pa.Table, list[dict]]:
     return shards.to_table(rows), rejects
 
 
-def _results(tasks: list[RecordTask], workers: int | None) -> Iterator[tuple[pa.Table, list[dict]]]:
+def _results(tasks: list[RecordTask], workers: int | None,
+             storage_options: StorageOptions) -> Iterator[tuple[pa.Table, list[dict]]]:
     """Chunk results in task order, computed in parallel on Ray with a bounded number in flight.
 
     Reuses a running Ray (``workers`` then caps the chunks in flight); otherwise starts one with
@@ -150,7 +153,7 @@ def _results(tasks: list[RecordTask], workers: int | None) -> Iterator[tuple[pa.
             while yielded < len(chunks):
                 # bounded: only ~2×slots chunks are ever running or waiting to be written
                 while submitted < len(chunks) and len(pending) + len(done) < 2 * slots:
-                    pending[remote.remote(chunks[submitted])] = submitted
+                    pending[remote.remote(chunks[submitted], storage_options)] = submitted
                     submitted += 1
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 index = pending.pop(ready[0])

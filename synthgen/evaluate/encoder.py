@@ -26,7 +26,7 @@ from synthgen.conditions.embedders import Embedder, get_embedder
 from synthgen.conditions.prompts import ordered_prompt
 from synthgen.errors import InputError
 from synthgen.io.paths import StorageOptions, join, read_bundle_file, resolve, write_bytes_atomic
-from synthgen.io.shards import read_shards, signals
+from synthgen.io.shards import read_shards, read_summary, signals
 from synthgen.evaluate.net1d import ClipModel, Net1DConfig
 
 CONFIG_FILE = "config.json"
@@ -149,22 +149,13 @@ def train_encoder(data: str, out: str, *, epochs: int = 20, embedder: str = "loc
             best = {"val_loss": val, "epoch": epoch,
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
     model.load_state_dict(best.pop("state"))
-    training = {"data": data, "data_fingerprint": _fingerprint(data, storage_options), "epochs": epochs,
-                "seed": seed, "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
+    training = {"data": data, "data_fingerprint": (read_summary(data, storage_options) or {}).get("fingerprint"),
+                "epochs": epochs, "seed": seed, "best_epoch": best["epoch"], "best_val_loss": best["val_loss"],
                 "n_train": len(x_tr), "n_val": len(x_va), "batch_size": BATCH_SIZE,
                 "wall_s": round(time.monotonic() - started, 1), "history": history}
     return save_encoder(out, model, {"net1d": asdict(cfg), "text_hidden": TEXT_HIDDEN,
                                      "embedder": {"name": emb.name, "dim": emb.dim}, "training": training},
                         storage_options)
-
-
-def _fingerprint(data: str, storage_options: StorageOptions) -> str | None:
-    fs, root = resolve(data, storage_options)
-    path = join(root, "dataset.json")
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "rb") as f:
-        return json.loads(f.read()).get("fingerprint")
 
 
 def _card(config: dict[str, Any]) -> str:

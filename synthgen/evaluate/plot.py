@@ -19,6 +19,7 @@ from synthgen.ecg import FS, LEADS  # noqa: E402
 from synthgen.errors import InputError  # noqa: E402
 from synthgen.io.paths import join, read_parquet, resolve  # noqa: E402
 from synthgen.io.shards import signals  # noqa: E402
+from synthgen.io.wfdb import comment_fields, read_wfdb  # noqa: E402
 
 MM_PER_S, MM_PER_MV = 25.0, 10.0
 LAYOUT = (("I", "aVR", "V1", "V4"), ("II", "aVL", "V2", "V5"), ("III", "aVF", "V3", "V6"))
@@ -112,23 +113,12 @@ def _parquet_row(src: str, row: int) -> tuple[np.ndarray, float, dict]:
 
 
 def _wfdb_record(src: str) -> tuple[np.ndarray, float, dict]:
-    """Signal (canonical lead order), fs and header fields (``key: value`` comments) of a WFDB record."""
-    import wfdb
-
-    rec = wfdb.rdrecord(src)
-    names = [n.upper() for n in rec.sig_name]
-    missing = [lead for lead in LEADS if lead.upper() not in names]
-    if missing:
-        raise InputError(f"{src}: WFDB record lacks leads {missing}")
-    sig = np.stack([rec.p_signal[:, names.index(lead.upper())] for lead in LEADS])
-    fields: dict = {"ecg_id": rec.record_name}
-    for line in rec.comments or []:
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[key.strip()] = value.strip()
+    """Signal (canonical lead order, through the one WFDB reader), fs and ``key: value`` header comments."""
+    ecg = read_wfdb(src)
+    fields: dict = {"ecg_id": src.rstrip("/").rsplit("/", 1)[-1], **comment_fields(ecg.comments)}
     if "reports" in fields:
         fields["reports"] = fields["reports"].split(" | ")
-    return np.nan_to_num(sig), float(rec.fs), fields
+    return np.nan_to_num(ecg.signal), ecg.fs, fields
 
 
 def plot_source(src: str, out: str, *, row: int = 0) -> str:

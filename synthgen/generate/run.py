@@ -1,6 +1,6 @@
 """`synthgen generate`: sample ECGs for every manifest row with a pool of Ray actors, exactly once, resumably.
 
-Order of events: validate arguments and every manifest row → hash the model → write/compare ``plan.json``
+Order of events: validate arguments and every manifest row → hash the model → write/compare ``_plan.json``
 → list committed shards → Ray Data ``map_batches`` over the pending shard ids (actor pool) → verify every
 shard is committed → write ``_SUCCESS.json``. See docs/generate.md for why each step is there.
 """
@@ -48,8 +48,8 @@ def _check_args(n: int | None, sampler: str, steps: int, guidance: float, seed: 
 
 
 def _claim_out(fs, root: str, plan_doc: dict) -> None:
-    """Write plan.json, or check that the one already there describes the same run (never mix two runs)."""
-    path = join(root, "plan.json")
+    """Write _plan.json, or check that the one already there describes the same run (never mix two runs)."""
+    path = join(root, "_plan.json")
     if fs.exists(path):
         old = read_json(fs, path).get("params", {})
         diff = sorted(k for k in set(old) | set(plan_doc["params"]) if old.get(k) != plan_doc["params"].get(k))

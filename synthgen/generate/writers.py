@@ -9,9 +9,7 @@ from __future__ import annotations
 import io
 import math
 import re
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -24,7 +22,8 @@ from synthgen.ecg import FS, LEADS, N_LEADS, N_SAMPLES
 from synthgen.generate.manifest import TEXT_COLUMNS
 from synthgen.generate.plan import shard_name
 from synthgen.errors import InputError
-from synthgen.io.paths import StorageOptions, join, read_parquet, resolve, write_bytes_atomic
+from synthgen.io.paths import StorageOptions, join, read_parquet, resolve
+from synthgen.io.wfdb import WfdbRecord, write_records
 
 _PART = re.compile(r"part-(\d+)")
 SCHEMA_VERSION = "generated-v2"  # v2: attempt, plausible, implausible_reasons, measured_hr
@@ -144,27 +143,21 @@ def resample(signals: np.ndarray, fs_out: float) -> np.ndarray:
 
 def write_wfdb_records(fs: fsspec.AbstractFileSystem, out_dir: str, table: pa.Table, signals: np.ndarray,
                        wfdb_fs: float | None) -> None:
-    """Write one .hea/.dat record per row into ``out_dir`` (local or object store).
+    """Write one .hea/.dat record per row into ``out_dir`` (local or object store), then its RECORDS list.
 
-    ``wfdb.wrsamp`` only writes local files: records go to a temporary folder first, then each file is
-    committed atomically. Conditions and provenance go in the header comments (``key: value``).
+    Conditions and provenance go in the header comments (``key: value``, escaped to one ASCII line by
+    ``synthgen.io.wfdb``; the Parquet row keeps the exact text). Each record is read back and compared with
+    the signal before it is committed (``synthgen.io.wfdb.write_records``).
     """
-    import wfdb
-
     fs_out = float(wfdb_fs) if wfdb_fs else FS
     sig = resample(signals, fs_out) if wfdb_fs else signals
     rows = table.drop_columns(["signal"]).to_pylist()
-    with tempfile.TemporaryDirectory(prefix="synthgen-wfdb-") as tmp:
-        for row, x in zip(rows, sig):
-            comments = [f"{k}: {REPORT_SEP.join(v) if k == 'reports' else v}" for k, v in row.items()
-                        if k not in ("report_text", "ecg_id", "wfdb_record", "fs") and v is not None]
-            wfdb.wrsamp(row["ecg_id"], fs=fs_out, units=["mV"] * N_LEADS, sig_name=list(LEADS),
-                        p_signal=np.asarray(x.T, dtype=np.float64), fmt=["16"] * N_LEADS,
-                        comments=comments, write_dir=tmp)
-        for file in sorted(Path(tmp).iterdir()):
-            write_bytes_atomic(fs, join(out_dir, file.name), file.read_bytes())
+    records = (WfdbRecord(row["ecg_id"], x, fs_out,
+                          {k: REPORT_SEP.join(v) if k == "reports" else v for k, v in row.items()
+                           if k not in ("report_text", "ecg_id", "wfdb_record", "fs") and v is not None})
+               for row, x in zip(rows, sig))
     # RECORDS (the WFDB database index) goes last: in WFDB-only runs it is the shard's commit marker
-    write_bytes_atomic(fs, join(out_dir, "RECORDS"), "".join(f"{r['ecg_id']}\n" for r in rows).encode())
+    write_records(fs, out_dir, records)
 
 
 def read_generated(url: str, storage_options: StorageOptions = None) -> pa.Table:

@@ -18,11 +18,14 @@ import pyarrow.parquet as pq
 
 from synthgen.ecg import N_LEADS, N_SAMPLES
 from synthgen.errors import InputError
-from synthgen.io.paths import StorageOptions, join, read_parquet, resolve
+from synthgen.io.paths import StorageOptions, join, read_json, read_parquet, resolve
 
 SCHEMA_VERSION = 1
 SCHEMA_VERSION_KEY = b"synthgen.shards.schema_version"
 PART_GLOB = "part-*.parquet"
+# Beside the parts, named with a leading "_" so that Parquet readers given the folder skip them.
+SUMMARY = "_dataset.json"
+REJECTS = "_rejects.parquet"
 
 SCHEMA = pa.schema(
     [
@@ -74,6 +77,13 @@ def list_parts(url: str, storage_options: StorageOptions = None) -> list[str]:
     """Shard paths under ``url`` (inside its filesystem), in name order."""
     fs, root = resolve(url, storage_options)
     return sorted(fs.glob(join(root, PART_GLOB)))
+
+
+def read_summary(url: str, storage_options: StorageOptions = None) -> dict | None:
+    """The ``_dataset.json`` summary of the shards under ``url`` (counts, fingerprint), or None if absent."""
+    fs, root = resolve(url, storage_options)
+    path = join(root, SUMMARY)
+    return read_json(fs, path) if fs.exists(path) else None
 
 
 def read_shards(url: str, split: str | None = None, columns: list[str] | None = None,

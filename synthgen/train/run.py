@@ -21,7 +21,7 @@ from synthgen.conditions.embedders import get_embedder
 from synthgen.conditions.patient import PatientStats
 from synthgen.errors import InputError
 from synthgen.io.paths import join, read_json, resolve, write_bytes_atomic, write_json_atomic
-from synthgen.io.shards import read_shards
+from synthgen.io.shards import SUMMARY, read_shards, read_summary
 from synthgen.train.presets import TrainConfig, get_preset
 
 STAGES = ("vae", "diffusion", "all")
@@ -241,9 +241,9 @@ def train(stage: str, data: str, out: str, *, preset: str = "small", workers: in
     """
     if stage not in STAGES:
         raise InputError(f"stage: expected one of {STAGES}, got {stage!r}")
-    fs, data_path = resolve(data, storage_options)
-    if not fs.exists(f"{data_path}/dataset.json"):
-        raise InputError(f"--data {data}: no dataset.json there; expected the output of `synthgen prepare`")
+    dataset_info = read_summary(data, storage_options)
+    if dataset_info is None:
+        raise InputError(f"--data {data}: no {SUMMARY} there; expected the output of `synthgen prepare`")
     tc = get_preset(preset, seed=seed)
     fs_out, out_path = resolve(out, storage_options)
     done = join(out, "vae") if stage == "vae" else join(out, "bundle")
@@ -268,7 +268,7 @@ def train(stage: str, data: str, out: str, *, preset: str = "small", workers: in
         ctx = {"tc": tc, "out": out, "data": data, "workers": workers, "gpu": gpu, "datasets": datasets,
                "storage_options": storage_options, "vae_model": vae_model, "unet_model": unet_model,
                "embedder": emb, "cache": cache, "stats": stats,
-               "dataset_info": read_json(fs, f"{data_path}/dataset.json"),
+               "dataset_info": dataset_info,
                "command": command or f"synthgen train {stage} --data {data} --out {out} --preset {preset}"}
         if stage in ("vae", "all"):
             vae_info = _run_vae(ctx)

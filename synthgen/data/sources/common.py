@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fsspec
+import numpy as np
 import pandas as pd
 
 from synthgen.errors import InputError
@@ -28,13 +29,26 @@ def require(fs: fsspec.AbstractFileSystem, root: str, src: str, expected: str, *
 
 
 def read_table(fs: fsspec.AbstractFileSystem, path: str, what: str, columns: set[str]) -> pd.DataFrame:
-    """A CSV (optionally .gz) or Parquet table, with ``columns`` checked; ``what`` names it in errors."""
+    """A CSV (optionally .gz) or Parquet table as TEXT, with ``columns`` checked; ``what`` names it in errors.
+
+    No cell is type-guessed: a record name ``00017`` stays ``00017`` (as a number it would be 17), an
+    empty cell is "". Parquet's scalar cells become text too (``text``), so every source parses numbers
+    itself (``number``) and one rule holds for both formats. Rows whose cells are all empty are dropped; the
+    index keeps each row's 0-based position in the file, for messages.
+    """
+    list_cols: set[str] = set()  # Parquet list<…> cells (e.g. reports) stay lists
     try:
         if path.endswith(".parquet"):
             df = read_parquet(fs, path).to_pandas()
+            for col in df.columns:
+                if df[col].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
+                    list_cols.add(col)
+                else:
+                    df[col] = df[col].map(text)
         else:
             with fs.open(path, "rb") as f:
-                df = pd.read_csv(f, compression="gzip" if path.endswith(".gz") else None, low_memory=False)
+                df = pd.read_csv(f, compression="gzip" if path.endswith(".gz") else None, dtype=str,
+                                 keep_default_na=False)
     except FileNotFoundError:
         raise InputError(f"{what} {path}: no such file") from None
     except Exception as e:  # pandas/pyarrow raise many types for unparsable files
@@ -42,7 +56,11 @@ def read_table(fs: fsspec.AbstractFileSystem, path: str, what: str, columns: set
     missing = columns - set(df.columns)
     if missing:
         raise InputError(f"{what} {path}: missing column(s) {sorted(missing)}, has {list(df.columns)}")
-    return df
+    blank = np.ones(len(df), dtype=bool)
+    for col in df.columns:
+        empty = df[col].map(lambda v: v is None or len(v) == 0) if col in list_cols else df[col].str.strip() == ""
+        blank &= empty.to_numpy(dtype=bool)
+    return df[~blank]
 
 
 def record_names(fs: fsspec.AbstractFileSystem, root: str) -> set[str]:
@@ -53,17 +71,22 @@ def record_names(fs: fsspec.AbstractFileSystem, root: str) -> set[str]:
 
 
 def text(value: object) -> str:
-    """A table cell as stripped text; missing (NaN/None) → ""."""
-    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value).strip()
+    """A table cell as stripped text; missing (NaN/None) → ""; an integral float as an integer (a Parquet
+    id column with a null is float: 17.0 → "17")."""
+    if value is None or (isinstance(value, (float, np.floating)) and pd.isna(value)):
+        return ""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
 def number(value: object) -> float | None:
-    """A table cell as float; missing or unparsable → None."""
+    """A table cell as a finite float; missing, unparsable, NaN or infinite → None."""
     try:
         out = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
-    return None if pd.isna(out) else out
+    return out if np.isfinite(out) else None
 
 
 def age(value: object) -> float | None:

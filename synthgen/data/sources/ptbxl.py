@@ -22,7 +22,7 @@ from synthgen.io.paths import StorageOptions, join
 EXPECTED = "PTB-XL in PhysioNet's layout: ptbxl_database.csv, scp_statements.csv, records100/ or records500/"
 _COLUMNS = {"ecg_id", "patient_id", "age", "sex", "report", "scp_codes", "strat_fold", "filename_lr",
             "filename_hr"}
-_SEX = {0: "M", 1: "F"}  # PTB-XL's coding
+_SEX = {0.0: "M", 1.0: "F"}  # PTB-XL's coding
 
 
 def tasks(src: str, storage_options: StorageOptions = None) -> list[RecordTask]:
@@ -35,11 +35,12 @@ def tasks(src: str, storage_options: StorageOptions = None) -> list[RecordTask]:
     scp = read_table(fs, join(root, "scp_statements.csv"), "PTB-XL SCP statements",
                      {"Unnamed: 0", "description", "diagnostic", "rhythm"}).set_index("Unnamed: 0")
     descriptions = scp["description"].to_dict()
-    diagnostic = set(scp.index[scp["diagnostic"] == 1])
-    rhythm = set(scp.index[scp["rhythm"] == 1])
+    diagnostic = {code for code, flag in scp["diagnostic"].items() if number(flag) == 1}
+    rhythm = {code for code, flag in scp["rhythm"].items() if number(flag) == 1}
     have_500 = {f"records500/{n}" for n in record_names(fs, join(root, "records500"))}
     base = src.rstrip("/")
-    return [_task(row, base, have_500, descriptions, diagnostic, rhythm) for row in db.to_dict("records")]
+    return [_task(i, row, base, have_500, descriptions, diagnostic, rhythm)
+            for i, row in zip(db.index, db.to_dict("records"))]
 
 
 def report_order(likelihood: dict[str, float], rhythm: set[str]) -> list[str]:
@@ -47,17 +48,25 @@ def report_order(likelihood: dict[str, float], rhythm: set[str]) -> list[str]:
     return sorted(likelihood, key=lambda c: (c not in rhythm, -float(likelihood[c])))
 
 
-def _task(row: dict, base: str, have_500: set[str], descriptions: dict[str, str],
+def _task(i: int, row: dict, base: str, have_500: set[str], descriptions: dict[str, str],
           diagnostic: set[str], rhythm: set[str]) -> RecordTask:
-    ecg_id = f"{int(row['ecg_id']):05d}"
+    """The task of row ``i`` (0-based) of ptbxl_database.csv; a bad cell becomes a ``bad_metadata`` reject."""
+    number_id = number(row["ecg_id"])
+    problem = None
+    if number_id is not None and number_id.is_integer() and number_id >= 0:
+        ecg_id = f"{int(number_id):05d}"
+    else:
+        ecg_id = text(row["ecg_id"]) or f"(row {i + 1})"
+        problem = ("bad_metadata", f"row {i + 1}: ecg_id {text(row['ecg_id'])!r} (expected a whole number)")
     hr_name, lr_name = text(row["filename_hr"]), text(row["filename_lr"])
     name = hr_name if hr_name in have_500 else lr_name
-    problem = None
     try:
         likelihood = ast.literal_eval(text(row["scp_codes"]) or "{}")
-        codes = report_order(likelihood, rhythm)
-    except (ValueError, SyntaxError, TypeError, AttributeError) as e:
-        codes, problem = [], ("bad_metadata", f"scp_codes {row['scp_codes']!r}: {e}")
+        if not isinstance(likelihood, dict):
+            raise ValueError("expected a dict of SCP code → likelihood")
+        codes = [str(c) for c in report_order(likelihood, rhythm)]
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
+        codes, problem = [], problem or ("bad_metadata", f"scp_codes {row['scp_codes']!r}: {e}")
     fold = number(row["strat_fold"])
     if fold is None or not 1 <= fold <= 10:
         problem = problem or ("bad_metadata", f"strat_fold {row['strat_fold']!r} (expected 1–10)")
@@ -70,7 +79,7 @@ def _task(row: dict, base: str, have_500: set[str], descriptions: dict[str, str]
         patient_id=str(int(patient)) if patient is not None else f"ecg{ecg_id}",
         split=split_for_fold(int(fold)) if problem is None else "",
         reports=reports, report_text=text(row["report"]), age=age(row["age"]),
-        sex=_SEX.get(int(sex_code)) if sex_code is not None else None,
+        sex=_SEX.get(sex_code),
         scp_codes=tuple(codes),
         labels=labels_from_scp(codes, [c for c in codes if c in diagnostic]),
         problem=problem,

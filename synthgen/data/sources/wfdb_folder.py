@@ -1,10 +1,12 @@
 """Any folder of WFDB records (searched recursively) plus a metadata table (CSV or Parquet).
 
-Metadata columns: ``record`` (path relative to the folder, no extension), ``report`` (one report, or
-several separated by " | ") or ``report_0..report_k``, ``age``, ``sex`` (M/F/male/female), optional
-``hr`` (bpm, the source's own measurement: used like an RR interval when 40–200 bpm) and ``patient_id``
-(default: the record name; it decides the hash split). A row whose record is absent is rejected as
-``missing_record``; a record with no row as ``no_metadata``; a repeated row as ``duplicate_record``.
+Metadata columns (read as text: a record ``00017`` stays ``00017``): ``record`` (path relative to the
+folder, no extension), ``report`` (one report, or several separated by " | ") or ``report_0..report_k``,
+``age``, ``sex`` (M/F/male/female), optional ``hr`` (bpm, the source's own measurement: used like an RR
+interval when 40–200 bpm) and ``patient_id`` (default: the record name; it decides the hash split). A row
+whose record is absent is rejected as ``missing_record`` (so is a row with no record name, named by its row
+number); a record with no row as ``no_metadata``; a repeated row as ``duplicate_record``. Rows whose cells
+are all empty are skipped.
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ def tasks(src: str, metadata: str | None, storage_options: StorageOptions = None
         raise InputError(f"--metadata {metadata}: needs a `report` column or report_0..report_k columns")
     base = src.rstrip("/")
     out, seen = [], set()
-    for row in df.to_dict("records"):
+    for i, row in zip(df.index, df.to_dict("records")):
         record = text(row["record"]).strip("/")
         problem = None
-        if record in seen:
+        if not record:
+            record, problem = f"(row {i + 1})", ("missing_record", f"row {i + 1} of {metadata} names no record")
+        elif record in seen:
             problem = ("duplicate_record", f"{record!r} appears again in {metadata}")
         elif record not in found:
-            problem = ("missing_record", f"no {record or '(empty record name)'}.hea under {src}")
+            problem = ("missing_record", f"no {record}.hea under {src}")
         seen.add(record)
         out.append(_task(row, record, base, report_cols, problem))
     out += [RecordTask(ecg_id=r, source="wfdb", path=join(base, r), patient_id=r, split="",
