@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 import numpy as np
 
+from synthgen.cluster import device_label
 from synthgen.conditions.spec import Condition
 from synthgen.generate.plan import Plan, shard_name
 from synthgen.generate.writers import (Provenance, commit_marker, parquet_bytes, shard_table,
@@ -64,6 +65,7 @@ class ShardSampler:
                  steps: int, guidance: float, batch_size: int, output_format: str, wfdb_fs: float | None,
                  device: str, threads: int | None) -> None:
         self.model = load_pipeline(model, storage_options, device=device, threads=threads)
+        self.device = device_label(device)  # reported per shard: what ran where
         self.fs, self.root = resolve(out, storage_options)
         self.plan, self.conditions, self.labels, self.prov = plan, conditions, labels, prov
         self.sample_kw = dict(sampler=sampler, steps=steps, guidance=guidance)
@@ -79,7 +81,7 @@ class ShardSampler:
         samples = self.plan.shard(k)
         if with_retries(lambda: self.fs.exists(marker)):  # a retried task whose shard is committed: no work
             return dict(shard=k, samples=len(samples.seeds), written=False, sample_s=0.0, write_s=0.0,
-                        host=os.uname().nodename)
+                        host=os.uname().nodename, device=self.device)
         conds = [self.conditions[s] for s in samples.spec_ids]
         t0 = time.perf_counter()
         signals = np.concatenate([
@@ -98,4 +100,4 @@ class ShardSampler:
             data = parquet_bytes(table)
             with_retries(lambda: write_bytes_atomic(self.fs, marker, data))
         return dict(shard=k, samples=len(conds), written=True, sample_s=t1 - t0,
-                    write_s=time.perf_counter() - t1, host=os.uname().nodename)
+                    write_s=time.perf_counter() - t1, host=os.uname().nodename, device=self.device)
