@@ -80,7 +80,8 @@ def first_party_imports(path: Path) -> set[str]:
 def import_from(wheel_dir: Path, jobs_dir: Path, modules: list[str]) -> dict[str, str]:
     """Import ``modules`` in a fresh Python that sees the unpacked wheel, the copied jobs/ folder and the
     third-party site-packages only: `-S` keeps site's .pth files (this checkout's editable install) out, `-I`
-    keeps PYTHONPATH and the working folder out. Returns {module: problem} for each module that failed or came from anywhere else."""
+    keeps PYTHONPATH and the working folder out. Returns {module: problem} for each module that failed or came
+    from anywhere else."""
     allowed = (str(wheel_dir), str(jobs_dir))
     code = f"""
 import importlib, json, sys
