@@ -25,7 +25,7 @@ from classifiers.data import TASKS, LabelledSet, check_task, real_task_splits, s
 from classifiers.metrics import SCORES
 from classifiers.train import TrialConfig, train_trial
 from synthgen import __version__
-from synthgen.cluster import ray_session
+from synthgen.cluster import device_label, gpu_budget, ray_session, torch_device
 from synthgen.errors import InputError
 from synthgen.generate.manifest import class_conditions, largest_remainder, write_manifest
 from synthgen.io.paths import StorageOptions, join, read_json, resolve, write_bytes_atomic, write_json_atomic
@@ -60,13 +60,14 @@ def generate_synthetic(data: str, task: str, out: str, n_per_class: int, *, mode
 
 
 def _run_trial(cfg: TrialConfig, train: LabelledSet, val: LabelledSet, test: LabelledSet, minority: int,
-               use_gpu: bool) -> dict:
-    """Ray task body: one thread per CPU Ray gave this task, so parallel trials do not oversubscribe cores."""
+               device: str) -> dict:
+    """Ray task body: one thread per CPU Ray gave this task, so parallel trials do not oversubscribe cores.
+    The result's ``device`` says where it ran (with the GPU id Ray assigned, if any)."""
     import ray
     import torch
 
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
-    return train_trial(cfg, train, val, test, minority, device="cuda" if use_gpu else "cpu")
+    return {**train_trial(cfg, train, val, test, minority, device=device), "device": device_label(device)}
 
 
 def _synthetic_provenance(url: str, storage_options: StorageOptions) -> dict:
@@ -184,7 +185,7 @@ def augment_eval(data: str, out: str, *, tasks: tuple[str, ...] | list[str] = TA
     trials = pd.DataFrame([{"task": r["config"]["task"], "arm": r["config"]["arm"], "seed": r["config"]["seed"],
                             **r["test"], "best_step": r["best_step"], "val_auprc": r["val_auprc"],
                             "train_n": sum(r["train_counts"].values()), "synthetic_rows": r["synthetic_rows"],
-                            "wall_s": r["wall_s"]} for r in results])
+                            "wall_s": r["wall_s"], "device": r["device"]} for r in results])
     summary = summarise(trials)
     table = markdown_table(summary)
     write_bytes_atomic(fs, join(root, "trials.csv"), trials.to_csv(index=False).encode())
@@ -210,8 +211,11 @@ def _run_trials(prepared: dict, inputs: dict, fs: fsspec.AbstractFileSystem, roo
     results: list[dict | None] = []
     waiting = {}  # Ray ref → (index in results, path, key, arm)
     with ray_session(num_cpus=os.cpu_count() or 1) as ray:
-        use_gpu = gpu if gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+        # one GPU per trial when the job uses GPUs (synthgen.cluster's rule); waiting trials make the
+        # autoscaler add GPU nodes
+        use_gpu = gpu_budget(ray, gpu) > 0
         remote = ray.remote(_run_trial).options(num_cpus=1, num_gpus=1 if use_gpu else 0)
+        device = torch_device(use_gpu)
         for task, (splits, arms) in prepared.items():
             per_epoch = max(1, len(splits["train"]) // batch_size)
             val, test = ray.put(splits["val"]), ray.put(splits["test"])
@@ -229,7 +233,7 @@ def _run_trials(prepared: dict, inputs: dict, fs: fsspec.AbstractFileSystem, roo
                         continue
                     if id(arm.train) not in train_refs:
                         train_refs[id(arm.train)] = ray.put(arm.train)
-                    ref = remote.remote(cfg, train_refs[id(arm.train)], val, test, minority, use_gpu)
+                    ref = remote.remote(cfg, train_refs[id(arm.train)], val, test, minority, device)
                     waiting[ref] = (len(results), path, key, arm)
                     results.append(None)
         bar = tqdm(total=len(results), initial=len(results) - len(waiting), desc="augment-eval trials",

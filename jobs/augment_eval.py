@@ -38,8 +38,7 @@ def parse_args(argv: Sequence[str]) -> dict:
     p.add_argument("--sampler", help="ddpm, ddim or dpm++.")
     p.add_argument("--sampler-steps", dest="sampler_steps", type=int, help="Denoising steps.")
     p.add_argument("--seed", type=int, help="Seed of the synthetic set.")
-    p.add_argument("--gpu", dest="gpu", action="store_const", const=True, help="Trials and sampling on GPUs.")
-    p.add_argument("--cpu", dest="gpu", action="store_const", const=False, help="CPU only, even if GPUs exist.")
+    jobargs.add_gpu_flags(p, "Trials and sampling on GPUs, one each")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, help="Progress bars (default on).")
     return jobargs.parse(p, argv, KEYS, required=("data", "out"))
 

@@ -28,12 +28,12 @@ def parse_args(argv: Sequence[str]) -> dict:
     p.add_argument("--guidance", type=float, help="Classifier-free guidance scale.")
     p.add_argument("--seed", type=int, help="Run seed.")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="ECGs per forward pass in each actor.")
-    p.add_argument("--actors", type=int, help="Sampler actors (default: one per GPU, else per 2 CPUs).")
+    p.add_argument("--actors", type=int,
+                   help="Sampler actors (default: one per GPU the cluster has or can add, else per 2 CPUs).")
     p.add_argument("--shard-size", dest="shard_size", type=int, help="ECGs per output shard.")
     p.add_argument("--format", dest="output_format", choices=("parquet", "wfdb", "both"), help="Output format.")
     p.add_argument("--wfdb-fs", dest="wfdb_fs", type=float, help="WFDB sampling rate in Hz.")
-    p.add_argument("--gpu", dest="gpu", action="store_const", const=True, help="One actor per GPU.")
-    p.add_argument("--cpu", dest="gpu", action="store_const", const=False, help="CPU actors even if GPUs exist.")
+    jobargs.add_gpu_flags(p, "One sampler actor per GPU")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, help="Show the progress bar (default on).")
     p.add_argument("--replace-implausible", dest="replace_implausible", type=int,
                    help="Redraw an implausible ECG up to this many times (next seeds of its own stream).")

@@ -40,6 +40,13 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_gpu_flags(p: argparse.ArgumentParser, gpu_help: str) -> None:
+    """`--gpu` / `--cpu`; neither = the library's rule: GPUs if the Ray cluster has or can add some."""
+    p.add_argument("--gpu", dest="gpu", action="store_const", const=True,
+                   help=f"{gpu_help} (default: if the Ray cluster has GPUs or SYNTHGEN_MAX_GPUS says it can add some).")
+    p.add_argument("--cpu", dest="gpu", action="store_const", const=False, help="CPU only, even if GPUs exist.")
+
+
 def load_config(path: str, allowed: Sequence[str]) -> dict:
     """Read a job config: a YAML mapping of known keys, with no credentials in it."""
     import yaml

@@ -7,7 +7,6 @@ same job resumes a killed run and skips finished stages.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 import jobargs
@@ -25,7 +24,7 @@ def parse_args(argv: Sequence[str]) -> dict:
     p.add_argument("--out", help="Run folder or s3:// URL: checkpoints, the VAE, the model bundle.")
     p.add_argument("--preset", help="small, paper or tiny.")
     p.add_argument("--workers", type=int, help="Ray Train workers (DDP).")
-    p.add_argument("--gpu", action=argparse.BooleanOptionalAction, help="Pin one GPU per worker.")
+    jobargs.add_gpu_flags(p, "One GPU per worker")
     p.add_argument("--embedder", help="Text embedder: local or openai[:model].")
     p.add_argument("--cache", help="Embedding cache folder or URL.")
     p.add_argument("--seed", type=int, help="Random seed.")

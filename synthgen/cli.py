@@ -108,7 +108,7 @@ def prepare_physionet_challenge(
 
 
 # ------------------------------------------------------------------------------------------------ train
-def _train(stage: str, data: str, out: str, preset: str, workers: int, gpu: bool, embedder: str,
+def _train(stage: str, data: str, out: str, preset: str, workers: int, gpu: Optional[bool], embedder: str,
            cache: Optional[str], seed: int, storage_options: Optional[str]) -> None:
     import sys
 
@@ -125,7 +125,8 @@ DataOpt = typer.Option(..., "--data", help="Training shards from `synthgen prepa
 OutOpt = typer.Option(..., "--out", help="Run folder or s3:// URL: checkpoints, the VAE, the model bundle.")
 PresetOpt = typer.Option("small", help="small (2-core CPU, <1 h), paper (GPU sizes) or tiny (smoke test).")
 WorkersOpt = typer.Option(1, help="Ray Train workers (DDP).")
-GpuOpt = typer.Option(False, "--gpu", help="Pin one GPU per worker.")
+GpuOpt = typer.Option(None, "--gpu/--cpu", help="One GPU per worker, or CPU workers (default: GPUs if the "
+                                                    "Ray cluster has or can add any).")
 EmbedderOpt = typer.Option("local", help="Text embedder: local (offline MiniLM) or openai[:model].")
 CacheOpt = typer.Option(None, help="Embedding cache folder or URL (default ~/.cache/synthgen/embeddings).")
 SeedOpt = typer.Option(0, help="Random seed.")
@@ -133,7 +134,7 @@ SeedOpt = typer.Option(0, help="Random seed.")
 
 @train_app.command("vae")
 def train_vae(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, workers: int = WorkersOpt,
-              gpu: bool = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
+              gpu: Optional[bool] = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
               seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt) -> None:
     """Stage 1: the VAE. Rerun the same command to resume after a kill."""
     _train("vae", data, out, preset, workers, gpu, embedder, cache, seed, storage_options)
@@ -141,7 +142,7 @@ def train_vae(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, w
 
 @train_app.command("diffusion")
 def train_diffusion(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, workers: int = WorkersOpt,
-                    gpu: bool = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
+                    gpu: Optional[bool] = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
                     seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt) -> None:
     """Stage 2: the latent diffusion model (needs the stage-1 VAE in --out). Writes OUT/bundle."""
     _train("diffusion", data, out, preset, workers, gpu, embedder, cache, seed, storage_options)
@@ -149,7 +150,7 @@ def train_diffusion(data: str = DataOpt, out: str = OutOpt, preset: str = Preset
 
 @train_app.command("all")
 def train_all(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, workers: int = WorkersOpt,
-              gpu: bool = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
+              gpu: Optional[bool] = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
               seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt) -> None:
     """Both stages; finished stages are skipped, a killed one resumes."""
     _train("all", data, out, preset, workers, gpu, embedder, cache, seed, storage_options)
@@ -175,12 +176,13 @@ def generate(
     guidance: float = typer.Option(2.0, help="Classifier-free guidance scale (1 = none)."),
     seed: int = typer.Option(0, help="Run seed; each sample's seed derives from (seed, spec, index)."),
     batch_size: int = typer.Option(32, help="ECGs per forward pass in each actor."),
-    actors: Optional[int] = typer.Option(None, help="Sampler actors (default: one per GPU, else per 2 CPUs)."),
+    actors: Optional[int] = typer.Option(None, help="Sampler actors (default: one per GPU the cluster has or can "
+                                                    "add, else one per 2 CPUs)."),
     shard_size: int = typer.Option(256, help="ECGs per output shard (the unit of resume)."),
     output_format: OutputFormat = typer.Option(OutputFormat.parquet, "--format", help="parquet, wfdb or both."),
     wfdb_fs: Optional[float] = typer.Option(None, help="WFDB sampling rate (default 102.4 Hz; e.g. 500)."),
-    gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="One actor per GPU, or CPU actors "
-                                                               "(default: GPUs if the Ray cluster has any)."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="One actor per GPU, or CPU actors (default: "
+                                                               "GPUs if the Ray cluster has or can add any)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
     replace_implausible: int = typer.Option(0, help="Redraw an implausible ECG (flat, no measurable HR, far "
                                                      "from the requested HR, …) up to this many times from the "
@@ -322,7 +324,8 @@ def augment_eval(
     sampler: str = typer.Option("ddpm", help="Sampler for generating: ddpm, ddim or dpm++."),
     sampler_steps: int = typer.Option(100, help="Denoising steps for generating."),
     seed: int = typer.Option(0, help="Seed of the synthetic set and of the subset the augmented arm adds."),
-    gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="Trials and sampling on GPUs (default: if any)."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="Trials and sampling on GPUs (default: "
+                                                               "if the Ray cluster has or can add any)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     storage_options: Optional[str] = StorageOpt,
 ) -> None:

@@ -52,6 +52,13 @@ def test_cluster_launcher_config() -> None:
     synthgen_at = next(i for i, c in enumerate(setup) if INSTALL_SYNTHGEN.search(c))
     assert torch_at < synthgen_at
     assert not re.search(r"AWS_SECRET|aws_secret", (INFRA / "cluster-aws.yaml").read_text())
+    # one pinned image family (same Python on every node), not Ray's default AMI; Python named explicitly
+    images = {t["node_config"].get("ImageId") for t in types.values()}
+    assert len(images) == 1 and None not in images, images
+    assert "ubuntu-24.04" in images.pop() and any("python3.12 -m venv" in c for c in setup)
+    # drivers on the head plan with the GPUs the autoscaler can add
+    max_gpus = sum(t["max_workers"] * t["resources"]["GPU"] for t in gpu_workers)
+    assert f"export SYNTHGEN_MAX_GPUS={max_gpus}" in " ".join(cfg["head_setup_commands"])
 
 
 @pytest.mark.parametrize("name, kind", [("raycluster.yaml", "RayCluster"), ("rayjob-generate.yaml", "RayJob")])
@@ -69,6 +76,10 @@ def test_kuberay_manifests(name: str, kind: str) -> None:
            for c in g["template"]["spec"]["containers"] if "nvidia.com/gpu" in c["resources"].get("limits", {})]
     assert gpu and all(int(n) >= 1 for n in gpu)
     assert all(g["maxReplicas"] >= g["minReplicas"] and g["groupName"] for g in groups)
+    # drivers run on the head: it says how many GPUs the autoscaler can add
+    max_gpus = sum(g["maxReplicas"] * int(c["resources"]["limits"].get("nvidia.com/gpu", 0))
+                   for g in groups for c in g["template"]["spec"]["containers"])
+    assert {"name": "SYNTHGEN_MAX_GPUS", "value": str(max_gpus)} in head.get("env", [])
     assert "AWS_SECRET_ACCESS_KEY:" not in (INFRA / "kuberay" / name).read_text()
 
 
@@ -109,6 +120,8 @@ def test_dockerfiles(flavour: str) -> None:
     assert torch and ("/whl/cpu" if flavour == "cpu" else "/whl/cu") in runs
     install = INSTALL_SYNTHGEN.search(runs)
     assert install and torch.start() < install.start()
+    # KubeRay's default liveness/readiness probes exec `wget` in the container
+    assert re.search(r"apt-get install [^&]*\bwget\b", runs)
     sources = [src for k, a in ins if k == "COPY" for src in a.split()[:-1]]
     assert sources and all((REPO / src).exists() for src in sources), sources  # all in a checkout
 
@@ -143,7 +156,7 @@ def test_generate_config_to_kwargs() -> None:
 
 def test_train_config_to_kwargs() -> None:
     cfg = JOBS / "configs" / "train.yaml"
-    kw = train_job.parse_args(["--config", str(cfg), "--workers", "2", "--no-gpu",
+    kw = train_job.parse_args(["--config", str(cfg), "--workers", "2", "--cpu",
                                "--storage-options", '{"key": "AKIA-not-logged"}'])
     assert kw == {**load(cfg), "workers": 2, "gpu": False, "storage_options": {"key": "AKIA-not-logged"},
                   "command": kw["command"]}

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 
 from synthgen import __version__
-from synthgen.cluster import ray_session
+from synthgen.cluster import gpu_budget, ray_session, torch_device
 from synthgen.errors import InputError
 from synthgen.generate.manifest import Spec, read_manifest, sample_counts, specs_fingerprint
 from synthgen.generate.plan import Plan
@@ -74,20 +74,24 @@ def _data_context() -> Iterator[None]:
         ctx.enable_progress_bars, ctx.print_on_execution_start = saved
 
 
-def _actor_resources(ray, actors: int | None, gpu: bool | None, pending: int) -> tuple[int, dict, str, int | None]:
-    """(pool size, per-actor resources, device, torch threads): one actor per GPU, else CPU actors."""
-    res = ray.cluster_resources()
-    gpus, cpus = int(res.get("GPU", 0)), float(res.get("CPU", 1))
-    use_gpu = gpus > 0 if gpu is None else gpu
-    if use_gpu and gpus == 0:
-        raise InputError("--gpu: the Ray cluster has no GPUs")
-    size = max(1, min(actors or (gpus if use_gpu else int(cpus) // 2), pending))
-    if use_gpu:
-        return size, {"num_gpus": 1, "num_cpus": 1}, "cuda", None
+def _actor_resources(ray, actors: int | None, gpu: bool | None, pending: int) -> tuple[dict, dict, str, int | None]:
+    """(actor pool, per-actor resources, torch device, torch threads): GPU actors, else CPU actors.
+
+    GPU actors: one GPU each, up to ``actors`` or the GPU budget (cluster GPUs now or SYNTHGEN_MAX_GPUS, see
+    synthgen.cluster), all requested at once so the autoscaler starts the nodes they wait for; the pool runs
+    as soon as one of them is placed.
+    """
+    gpus = gpu_budget(ray, gpu)
+    if gpus:
+        size = max(1, min(actors or gpus, pending))
+        return dict(min_size=1, max_size=size, initial_size=size), {"num_gpus": 1, "num_cpus": 1}, \
+            torch_device(True), None
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    size = max(1, min(actors or int(cpus) // 2, pending))
     # fractional CPUs: half the logical CPUs stay free for Ray Data's own tasks (the 2-CPU deadlock);
     # torch threads share this host's cores (a local Ray has twice as many logical CPUs as cores)
     threads = max(1, min(os.cpu_count() or 1, int(cpus)) // size)
-    return size, {"num_cpus": min(1.0, cpus / (2 * size))}, "cpu", threads
+    return dict(size=size), {"num_cpus": min(1.0, cpus / (2 * size))}, torch_device(False), threads
 
 
 def generate(manifest: str, out: str, n: int | None = None, *, model: str | None = None, sampler: str = "ddpm",
@@ -149,7 +153,8 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
         "write_share": round(write_s / (sample_s + write_s), 4) if written else None,
         "implausible_written": sum(r["implausible"] for r in written),
         "replaced": sum(r["replaced"] for r in written),
-        "hosts": sorted({r["host"] for r in rows}), "finished": datetime.now(timezone.utc).isoformat(),
+        "hosts": sorted({r["host"] for r in rows}), "devices": sorted({r["device"] for r in rows}),
+        "finished": datetime.now(timezone.utc).isoformat(),
     }
     write_json_atomic(fs, summary_path, summary)
     if progress:
@@ -168,7 +173,7 @@ def _run_pool(plan: Plan, pending: list[int], specs: list[Spec], *, model: str |
     from tqdm import tqdm
 
     with ray_session() as ray:
-        size, resources, device, threads = _actor_resources(ray, actors, gpu, len(pending))
+        pool, resources, device, threads = _actor_resources(ray, actors, gpu, len(pending))
         with _data_context(), tqdm(total=plan.total, initial=done_samples, unit="ECG", disable=not progress,
                                    smoothing=0.1, desc="generate") as bar:
             ds = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))
@@ -176,7 +181,7 @@ def _run_pool(plan: Plan, pending: list[int], specs: list[Spec], *, model: str |
             # (max_restarts=-1, max_task_retries=-1); setting them goes through **ray_remote_args, deprecated
             # in Ray 2.60 and removed in 2.64, so we rely on the defaults (tested by killing an actor).
             ds = ds.map_batches(
-                ShardSampler, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size),
+                ShardSampler, batch_size=1, compute=ray.data.ActorPoolStrategy(**pool),
                 fn_constructor_kwargs=dict(
                     model=model, storage_options=storage_options, out=out, plan=plan,
                     conditions=[s.condition for s in specs], text_fields=[s.text_fields() for s in specs], prov=prov,

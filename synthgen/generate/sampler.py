@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 import numpy as np
 
+from synthgen.cluster import device_label
 from synthgen.conditions.spec import Condition
 from synthgen.data.plausibility import Plausibility, check_many
 from synthgen.generate.plan import Plan, retry_seed, shard_name
@@ -65,6 +66,7 @@ class ShardSampler:
                  sampler: str, steps: int, guidance: float, batch_size: int, output_format: str, wfdb_fs: float | None,
                  device: str, threads: int | None, replace_implausible: int = 0) -> None:
         self.model = load_pipeline(model, storage_options, device=device, threads=threads)
+        self.device = device_label(device)  # reported per shard: what ran where
         self.fs, self.root = resolve(out, storage_options)
         self.plan, self.conditions, self.text_fields, self.prov = plan, conditions, text_fields, prov
         self.sample_kw = dict(sampler=sampler, steps=steps, guidance=guidance)
@@ -107,7 +109,7 @@ class ShardSampler:
         samples = self.plan.shard(k)
         if with_retries(lambda: self.fs.exists(marker)):  # a retried task whose shard is committed: no work
             return dict(shard=k, samples=len(samples.seeds), written=False, sample_s=0.0, write_s=0.0,
-                        implausible=0, replaced=0, host=os.uname().nodename)
+                        implausible=0, replaced=0, host=os.uname().nodename, device=self.device)
         conds = [self.conditions[s] for s in samples.spec_ids]
         t0 = time.perf_counter()
         signals, seeds, attempts, verdicts = self.sample_plausible(conds, samples.seeds)
@@ -123,4 +125,4 @@ class ShardSampler:
             with_retries(lambda: write_bytes_atomic(self.fs, marker, data))
         return dict(shard=k, samples=len(conds), written=True, sample_s=t1 - t0,
                     write_s=time.perf_counter() - t1, implausible=sum(not v.ok for v in verdicts),
-                    replaced=int((attempts > 0).sum()), host=os.uname().nodename)
+                    replaced=int((attempts > 0).sum()), host=os.uname().nodename, device=self.device)

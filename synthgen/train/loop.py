@@ -81,9 +81,14 @@ def rank_agreement(model: torch.nn.Module, batch: dict, rng_state: torch.Tensor)
 
 
 def mean_over_workers(total: float, count: int) -> float:
-    """A validation mean over every worker's share of the split."""
+    """A validation mean over every worker's share of the split.
+
+    Reduced on the training device: with GPUs Ray Train's process group is NCCL, which has no CPU tensors.
+    """
     if world()[1] > 1:
-        t = torch.tensor([total, float(count)], dtype=torch.float64)
+        import ray.train.torch
+
+        t = torch.tensor([total, float(count)], dtype=torch.float64, device=ray.train.torch.get_device())
         torch.distributed.all_reduce(t)
         total, count = float(t[0]), int(t[1])
     return total / max(count, 1)

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from synthgen import __version__
-from synthgen.cluster import ray_session
-from synthgen.conditions.embedders import get_embedder
+from synthgen.cluster import gpu_budget, ray_session
+from synthgen.conditions.embedders import CachedEmbedder, get_embedder
 from synthgen.conditions.patient import PatientStats
 from synthgen.errors import InputError
 from synthgen.io.paths import join, read_json, resolve, write_bytes_atomic, write_json_atomic
@@ -135,12 +135,12 @@ def _run_diffusion(ctx: dict, vae_info: dict) -> str:
 
     tc: TrainConfig = ctx["tc"]
     bundle_url = join(ctx["out"], "bundle")
-    _fill_embedding_cache(ctx)
+    cache = _fill_embedding_cache(ctx)
     vae_state = _load_vae_state(ctx)
     started = time.time()
     config = {"train": tc.to_dict(), "vae_model": vae_info["vae_model"], "vae_state": vae_state,
               "latent_scale": vae_info["latent_scale"], "unet_model": ctx["unet_model"],
-              "embedder": ctx["embedder"].name, "cache": ctx["cache"], "storage_options": ctx["storage_options"],
+              "embedder": ctx["embedder"].name, "cache": cache, "storage_options": ctx["storage_options"],
               "patient_stats": ctx["stats"].to_dict(),
               "check_conditions": check_conditions(ctx["data"], tc.sample_check_n, ctx["storage_options"])}
     trainer = _trainer(diffusion_worker, config, "diffusion", ctx["out"], ctx["workers"], ctx["gpu"],
@@ -188,15 +188,18 @@ def check_conditions(data: str, n: int, storage_options: dict | None = None) -> 
              "hr": rows[i]["hr"]} for i in picks]
 
 
-def _fill_embedding_cache(ctx: dict) -> None:
-    """Embed every training/validation prompt once on the driver; workers then only read the cache."""
+def _fill_embedding_cache(ctx: dict) -> str:
+    """Embed every training/validation prompt once on the driver into the run's cache ``OUT/embeddings``, which
+    the workers read (on a cluster OUT is shared storage; the driver's local cache is not); returns its URL."""
     from synthgen.conditions.prompts import ordered_prompt
 
     table = read_shards(ctx["data"], columns=["split", "reports"], storage_options=ctx["storage_options"])
     prompts = sorted({ordered_prompt(r) for r, s in zip(table["reports"].to_pylist(), table["split"].to_pylist())
                       if s in ("train", "val")})
     print(f"[diffusion] embedding {len(prompts)} unique report prompts with {ctx['embedder'].name}", flush=True)
-    ctx["embedder"].embed(prompts)
+    shared = join(ctx["out"], "embeddings")
+    CachedEmbedder(ctx["embedder"], shared, ctx["storage_options"]).embed(prompts)
+    return shared
 
 
 def model_card(config: dict, command: str) -> str:
@@ -232,12 +235,13 @@ is to real ECGs.
 """
 
 
-def train(stage: str, data: str, out: str, *, preset: str = "small", workers: int = 1, gpu: bool = False,
+def train(stage: str, data: str, out: str, *, preset: str = "small", workers: int = 1, gpu: bool | None = None,
           embedder: str = "local", cache: str | None = None, seed: int = 0,
           storage_options: dict | None = None, command: str = "") -> str:
     """Train `stage` ("vae", "diffusion" or "all") on prepared shards; returns the URL of what it exported.
 
     Rerunning the same command resumes a killed run from its last checkpoint and skips finished stages.
+    gpu=None: one GPU per worker if the cluster has or can add GPUs (synthgen.cluster.gpu_budget).
     """
     if stage not in STAGES:
         raise InputError(f"stage: expected one of {STAGES}, got {stage!r}")
@@ -257,17 +261,18 @@ def train(stage: str, data: str, out: str, *, preset: str = "small", workers: in
     ages_hrs = read_shards(data, split="train", columns=["age", "hr"], storage_options=storage_options)
     stats = PatientStats.fit(ages_hrs["age"].to_numpy(zero_copy_only=False),
                              ages_hrs["hr"].to_numpy(zero_copy_only=False))
-    with ray_session():
+    with ray_session() as ray:
         from ray.data import DataContext
 
         from synthgen.train.datasets import split_dataset
 
         DataContext.get_current().enable_progress_bars = False  # the epoch lines are the progress
+        gpu = gpu_budget(ray, gpu) > 0
 
         datasets = {s: split_dataset(data, s, stats, storage_options) for s in ("train", "val")}
         ctx = {"tc": tc, "out": out, "data": data, "workers": workers, "gpu": gpu, "datasets": datasets,
                "storage_options": storage_options, "vae_model": vae_model, "unet_model": unet_model,
-               "embedder": emb, "cache": cache, "stats": stats,
+               "embedder": emb, "stats": stats,
                "dataset_info": dataset_info,
                "command": command or f"synthgen train {stage} --data {data} --out {out} --preset {preset}"}
         if stage in ("vae", "all"):
