@@ -242,6 +242,7 @@ def test_openai_cli_errors_and_missing_key(openai_env: FakeOpenAIServer, tmp_pat
 def test_writer_carries_the_provenance_and_plot_captions_it(tmp_path):
     from synthgen.conditions.spec import Condition
     from synthgen.evaluate.plot import ecg_caption, plot_source
+    from synthgen.data.plausibility import check_many
     from synthgen.generate.writers import Provenance, parquet_bytes, shard_table, write_wfdb_records
     from synthgen.io.paths import resolve
 
@@ -249,9 +250,10 @@ def test_writer_carries_the_provenance_and_plot_captions_it(tmp_path):
     fields = {"label": d.condition, "condition_source": d.source, "condition_citation": d.citation}
     prov = Provenance("run", "hash", "ddpm", 2, 2.0, "0.1.0")
     signals = np.random.default_rng(0).normal(size=(2, 12, 1024)).astype(np.float32) * 0.1
-    table = shard_table(signals, [Condition(d.findings, 50, "M", 90), Condition(("sinus rhythm",))],
-                        [fields, {"label": "af"}], np.array([0, 1]), np.array([0, 0]), np.array([1, 2]), prov,
-                        "wfdb/part-00000")
+    conds = [Condition(d.findings, 50, "M", 90), Condition(("sinus rhythm",))]
+    table = shard_table(signals, conds, [fields, {"label": "af"}], np.array([0, 1]), np.array([0, 0]),
+                        np.array([1, 2]), prov, "wfdb/part-00000", np.zeros(2, np.int32),
+                        check_many(signals, np.array([90.0, np.nan])))
     assert table.column("condition_source").to_pylist() == [d.source, None]
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "part-00000.parquet").write_bytes(parquet_bytes(table))
