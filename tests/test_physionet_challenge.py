@@ -110,8 +110,8 @@ def test_prepare_a_handful_end_to_end(ray_local, cinc_dir: Path, tmp_path: Path)
     assert summary["records_seen"] == 11 and summary["rows"] == 6
     assert summary["rejects_by_reason"] == {"duplicate_record": 1, "no_age": 1, "no_dx": 1, "too_short": 1,
                                             "unknown_dx": 1}
-    assert json.loads((out / "dataset.json").read_text()) == summary
-    rejects = pd.read_parquet(out / "rejects.parquet").set_index("ecg_id")
+    assert json.loads((out / "_dataset.json").read_text()) == summary
+    rejects = pd.read_parquet(out / "_rejects.parquet").set_index("ecg_id")
     assert "999999999" in rejects.loc["XUNK", "detail"] and "cpsc_2018/A0002" in rejects.loc["A0002", "detail"]
     assert rejects.loc["SHORT6", "reason"] == "too_short" and rejects.loc["E00001", "reason"] == "no_age"
 
