@@ -218,7 +218,7 @@ def test_prepared_folder_reads_as_exactly_its_rows_everywhere(ray_local, tmp_pat
     assert pd.read_parquet(out / REJECTS)["reason"].tolist() == ["implausible_amplitude"]
 
     df = pd.read_parquet(str(out))
-    assert df["ecg_id"].tolist() == ["ctl"] and np.stack(df["signal"][0]).shape == (12, 1024)
+    assert df["ecg_id"].tolist() == ["ctl"] and np.stack(df.signal.map(np.stack)).shape == (1, 12, 1024)
     table = pads.dataset(str(out)).to_table()
     assert table["ecg_id"].to_pylist() == ["ctl"] and table.schema.names == df.columns.tolist()
     rows = ray.data.read_parquet(str(out)).take_all()
@@ -257,7 +257,8 @@ def test_newline_in_report_case_writes_readable_wfdb(ray_local, tiny_bundle, tmp
     assert res.exit_code == 0, res.output
     assert (out / "_SUCCESS.json").exists() and (out / "_plan.json").exists()
 
-    df = pd.read_parquet(out / "shards")  # the README's reading of generated shards
+    df = pd.read_parquet(out / "shards")  # docs/schema-outputs.md's reading of generated shards
+    assert np.stack(df.signal.map(np.stack)).shape == (3, 12, 1024)
     assert df["report_text"].tolist() == ["sinus rhythm\nleft axis deviation", "atrial fibrillation",
                                           "Vorhofflimmern, QRS 120 µs"]
     assert pads.dataset(str(out / "shards")).count_rows() == 3 == ray.data.read_parquet(str(out / "shards")).count()

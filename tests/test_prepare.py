@@ -205,7 +205,7 @@ def test_wfdb_folder_with_every_kind_of_bad_input(ray_local, ptbxl_dir: Path, tm
     _write(src, "nan_lead", nan_lead, PTBXL_LEADS)
     _write(src, "odd_leads", good[0], [f"X{i}" for i in range(12)])
     _write(src, "flat", np.zeros((1000, 12)), PTBXL_LEADS)
-    _write(src, "no_beats", np.tile(0.5 * np.sin(2 * np.pi * 0.2 * np.arange(1000) / 100), (12, 1)).T, PTBXL_LEADS)
+    _write(src, "no_beats", np.tile(np.arange(1000) / 1000.0, (12, 1)).T, PTBXL_LEADS)  # a 1 mV ramp: no QRS
     _write(src, "two_v1", np.concatenate([good[0], -good[0][:, 6:7]], axis=1), [*PTBXL_LEADS, "v1"])
     _write(src, "unlisted", good[1], PTBXL_LEADS)
     _write(src, "no_age", good[2], PTBXL_LEADS)

@@ -22,7 +22,7 @@ from synthgen.io.paths import StorageOptions, join
 EXPECTED = "PTB-XL in PhysioNet's layout: ptbxl_database.csv, scp_statements.csv, records100/ or records500/"
 _COLUMNS = {"ecg_id", "patient_id", "age", "sex", "report", "scp_codes", "strat_fold", "filename_lr",
             "filename_hr"}
-_SEX = {0.0: "M", 1.0: "F"}  # PTB-XL's coding
+_SEX = {0: "M", 1: "F"}  # PTB-XL's coding (a float 0.0/1.0 finds the same key)
 
 
 def tasks(src: str, storage_options: StorageOptions = None) -> list[RecordTask]:
