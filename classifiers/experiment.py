@@ -28,7 +28,8 @@ from synthgen import __version__
 from synthgen.cluster import device_label, gpu_budget, ray_session, torch_device
 from synthgen.errors import InputError
 from synthgen.generate.manifest import class_conditions, largest_remainder, write_manifest
-from synthgen.io.paths import StorageOptions, join, read_json, resolve, write_bytes_atomic, write_json_atomic
+from synthgen.io.paths import (StorageOptions, check_writable, join, read_json, resolve, write_bytes_atomic,
+                               write_json_atomic)
 from synthgen.io.shards import read_summary
 
 SCHEMA = "augment-eval-v1"
@@ -165,6 +166,7 @@ def augment_eval(data: str, out: str, *, tasks: tuple[str, ...] | list[str] = TA
     fs, root = resolve(out, storage_options)
     prepared, provenance = {}, {}
     real = real_task_splits(data, tasks, storage_options)  # bad data fails before any sampling
+    check_writable(out, storage_options)  # so does an output that cannot be written, before Ray starts
     for task, splits in real.items():
         syn_url = synthetic or generate_synthetic(
             data, task, out, n_synthetic, model=model, sampler=sampler, steps=sampler_steps, seed=seed, gpu=gpu,

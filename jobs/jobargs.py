@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from synthgen.errors import InputError
+from synthgen.errors import InputError, outside_failure
 
 SECRET_OPTIONS = ("key", "secret", "token")
 
@@ -80,9 +82,18 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str], allowed: Sequenc
 
 
 def main(parse_args: Callable[[Sequence[str]], dict], fn: Callable[..., object]) -> None:
-    """Parse sys.argv and call the library; bad input prints one line and exits 2 (as the CLI does)."""
+    """Parse sys.argv and call the library; as the CLI does, bad input prints one line and exits 2, a storage,
+    network, credential or permission failure prints one line and exits 1 (SYNTHGEN_DEBUG=1: the traceback too)."""
     try:
         fn(**parse_args(sys.argv[1:]))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:
+        line = outside_failure(e)
+        if line is None:
+            raise
+        if os.environ.get("SYNTHGEN_DEBUG") == "1":
+            traceback.print_exception(e, file=sys.stderr)
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(1)

@@ -1,20 +1,52 @@
 """The `synthgen` command: parses arguments and calls one library function per command, nothing else.
 
 Heavy libraries (torch, ray, diffusers) are imported inside the commands so `synthgen --help` is instant.
+Errors are mapped once, for every command, in ``_Commands.invoke``: bad input (``InputError``) → one line,
+exit 2; storage, network, credential and permission failures (``synthgen.errors.outside_failure``) → one line
+naming the target and the cause, exit 1; ``synthgen --debug …`` prints the traceback as well. Anything else is
+a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import traceback
 from enum import Enum
-from typing import NoReturn, Optional
+from typing import Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
-from synthgen.errors import InputError
+from synthgen.errors import InputError, outside_failure
 
-app = typer.Typer(help="Synthetic 12-lead ECGs from clinical reports and patient info, at batch scale.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+class _Commands(TyperGroup):
+    """The root command group: every subcommand runs inside ``invoke``, so its errors are mapped here."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except InputError as e:
+            _fail(ctx, e, f"error: {e}", 2)
+        except Exception as e:
+            line = outside_failure(e)
+            if line is None:
+                raise
+            _fail(ctx, e, f"error: {line}", 1, hint=" (rerun as `synthgen --debug …` for the traceback)")
+
+
+def _fail(ctx: click.Context, error: BaseException, line: str, code: int, hint: str = "") -> None:
+    debug = bool(ctx.params.get("debug"))
+    if debug:
+        traceback.print_exception(error, file=sys.stderr)
+    typer.secho(line if debug else line + hint, err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=code) from None
+
+
+app = typer.Typer(cls=_Commands, help="Synthetic 12-lead ECGs from clinical reports and patient info, at batch "
+                  "scale.", no_args_is_help=True, pretty_exceptions_enable=False)
 prepare_app = typer.Typer(help="Turn a PhysioNet dataset (WFDB + CSV) into training shards (Parquet).",
                           no_args_is_help=True)
 train_app = typer.Typer(help="Train the VAE, then the latent diffusion model, with Ray Train.", no_args_is_help=True)
@@ -36,18 +68,10 @@ def _storage_options(value: Optional[str]) -> Optional[dict]:
     return opts
 
 
-def _error(message: str) -> NoReturn:
-    """A user-fixable error: the message on stderr and exit code 2."""
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code=2)
-
-
-def _run(fn, *args, **kwargs):
-    """Call a library function; a user-fixable error becomes a message and exit code 2."""
-    try:
-        return fn(*args, **kwargs)
-    except InputError as e:
-        _error(str(e))
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="On an error, print the full traceback too.")
+             ) -> None:
+    """Synthetic 12-lead ECGs from clinical reports and patient info, at batch scale."""
 
 
 StorageOpt = typer.Option(None, "--storage-options", help="JSON object passed to fsspec/s3fs (endpoint, key…).")
@@ -63,7 +87,7 @@ def prepare_ptbxl(
 ) -> None:
     from synthgen.data.prepare import prepare
 
-    _run(prepare, "ptbxl", src, out, workers=workers, storage_options=_storage_options(storage_options))
+    prepare("ptbxl", src, out, workers=workers, storage_options=_storage_options(storage_options))
 
 
 @prepare_app.command("mimic-iv-ecg")
@@ -76,8 +100,8 @@ def prepare_mimic(
 ) -> None:
     from synthgen.data.prepare import prepare
 
-    _run(prepare, "mimic-iv-ecg", src, out, patients=patients, workers=workers,
-         storage_options=_storage_options(storage_options))
+    prepare("mimic-iv-ecg", src, out, patients=patients, workers=workers,
+            storage_options=_storage_options(storage_options))
 
 
 @prepare_app.command("wfdb")
@@ -90,8 +114,8 @@ def prepare_wfdb(
 ) -> None:
     from synthgen.data.prepare import prepare
 
-    _run(prepare, "wfdb", src, out, metadata=metadata, workers=workers,
-         storage_options=_storage_options(storage_options))
+    prepare("wfdb", src, out, metadata=metadata, workers=workers,
+            storage_options=_storage_options(storage_options))
 
 
 @prepare_app.command("physionet-challenge")
@@ -104,7 +128,7 @@ def prepare_physionet_challenge(
 ) -> None:
     from synthgen.data.prepare import prepare
 
-    _run(prepare, "physionet-challenge", src, out, workers=workers, storage_options=_storage_options(storage_options))
+    prepare("physionet-challenge", src, out, workers=workers, storage_options=_storage_options(storage_options))
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -115,9 +139,9 @@ def _train(stage: str, data: str, out: str, preset: str, workers: int, gpu: Opti
     from synthgen.io.paths import shown_command
     from synthgen.train.run import train
 
-    url = _run(train, stage, data, out, preset=preset, workers=workers, gpu=gpu, embedder=embedder, cache=cache,
-               seed=seed, storage_options=_storage_options(storage_options),
-               command=shown_command("synthgen", sys.argv[1:]))
+    url = train(stage, data, out, preset=preset, workers=workers, gpu=gpu, embedder=embedder, cache=cache,
+                seed=seed, storage_options=_storage_options(storage_options),
+                command=shown_command("synthgen", sys.argv[1:]))
     typer.echo(url)
 
 
@@ -192,10 +216,10 @@ def generate(
     """Sample ECGs for every condition spec of a manifest with Ray actors; resumable, exactly once."""
     from synthgen.generate.run import generate as run_generate
 
-    _run(run_generate, manifest, out, n, model=model, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-         batch_size=batch_size, actors=actors, shard_size=shard_size, output_format=output_format.value,
-         wfdb_fs=wfdb_fs, gpu=gpu, progress=progress, replace_implausible=replace_implausible,
-         storage_options=_storage_options(storage_options))
+    run_generate(manifest, out, n, model=model, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
+                 batch_size=batch_size, actors=actors, shard_size=shard_size, output_format=output_format.value,
+                 wfdb_fs=wfdb_fs, gpu=gpu, progress=progress, replace_implausible=replace_implausible,
+                 storage_options=_storage_options(storage_options))
 
 
 @manifest_app.command("minority")
@@ -209,8 +233,8 @@ def manifest_minority(
     """A manifest from the conditions of real minority-class records (as the paper augments)."""
     from synthgen.generate.manifest import build_minority_manifest
 
-    rows = _run(build_minority_manifest, data, label, out, split=split,
-                storage_options=_storage_options(storage_options))
+    rows = build_minority_manifest(data, label, out, split=split,
+                                   storage_options=_storage_options(storage_options))
     typer.echo(f"{rows} condition specs → {out}")
 
 
@@ -225,8 +249,8 @@ def manifest_split(
     from synthgen.generate.manifest import class_conditions, write_manifest
 
     opts = _storage_options(storage_options)
-    rows = _run(class_conditions, data, None, split=split, storage_options=opts)
-    _run(write_manifest, rows, out, opts)
+    rows = class_conditions(data, None, split=split, storage_options=opts)
+    write_manifest(rows, out, opts)
     typer.echo(f"{len(rows)} condition specs → {out}")
 
 
@@ -262,9 +286,9 @@ def manifest_describe(
             typer.echo(f"{c.condition} [{c.category}{hr_text}] — also: {'; '.join(c.aliases)}")
         return
     if not conditions or not out:
-        _error("name at least one condition and --out (or --list)")
-    descriptions = _run(build_describe_manifest, conditions, out, source=source, model=model, age=age, sex=sex,
-                        hr=hr, n=n, cache=cache, storage_options=_storage_options(storage_options))
+        raise InputError("name at least one condition and --out (or --list)")
+    descriptions = build_describe_manifest(conditions, out, source=source, model=model, age=age, sex=sex,
+                                           hr=hr, n=n, cache=cache, storage_options=_storage_options(storage_options))
     matches = None
     if vocabulary:
         embedder = get_embedder("local", cache=cache)
@@ -283,8 +307,8 @@ def train_encoder(data: str = DataOpt,
     """The Net1D ECG/report encoder (CLIP-style) that `synthgen evaluate` measures with."""
     from synthgen.evaluate.encoder import train_encoder as run_train_encoder
 
-    model_hash = _run(run_train_encoder, data, out, epochs=epochs, embedder=embedder, cache=cache, seed=seed,
-                      storage_options=_storage_options(storage_options))
+    model_hash = run_train_encoder(data, out, epochs=epochs, embedder=embedder, cache=cache, seed=seed,
+                                   storage_options=_storage_options(storage_options))
     typer.echo(f"encoder {model_hash} → {out}")
 
 
@@ -304,8 +328,9 @@ def evaluate(
     """The benchmark: FID, precision/recall/F1, HR MAE, CLIP score, validity, memorisation — beside references."""
     from synthgen.evaluate.run import evaluate as run_evaluate
 
-    _run(run_evaluate, real, generated, out, encoder=encoder, split=split,
-         peers=[p.strip() for p in peers.split(",") if p.strip()], storage_options=_storage_options(storage_options))
+    run_evaluate(real, generated, out, encoder=encoder, split=split,
+                 peers=[p.strip() for p in peers.split(",") if p.strip()],
+                 storage_options=_storage_options(storage_options))
 
 
 # ----------------------------------------------------------------------------------------- augment-eval
@@ -333,10 +358,10 @@ def augment_eval(
     from classifiers.experiment import augment_eval as run_augment_eval
 
     tasks = [t.strip() for t in task.split(",") if t.strip()]
-    _run(run_augment_eval, data, out, tasks=tasks, synthetic=synthetic, seeds=seeds, epochs=epochs,
-         target_ratio=target_ratio, n_synthetic=n_synthetic, model=model, sampler=sampler,
-         sampler_steps=sampler_steps, seed=seed, gpu=gpu, progress=progress,
-         storage_options=_storage_options(storage_options))
+    run_augment_eval(data, out, tasks=tasks, synthetic=synthetic, seeds=seeds, epochs=epochs,
+                     target_ratio=target_ratio, n_synthetic=n_synthetic, model=model, sampler=sampler,
+                     sampler_steps=sampler_steps, seed=seed, gpu=gpu, progress=progress,
+                     storage_options=_storage_options(storage_options))
 
 
 @app.command()
@@ -349,5 +374,5 @@ def plot(
     """Draw one ECG on the standard 12-lead paper grid, captioned with its report and patient info."""
     from synthgen.evaluate.plot import plot_source
 
-    caption = _run(plot_source, src, out, row=row)
+    caption = plot_source(src, out, row=row)
     typer.echo(f"{out}\n{caption}")

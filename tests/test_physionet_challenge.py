@@ -53,12 +53,12 @@ def test_table_words_codes_as_ptbxl_does_and_covers_the_sample(cinc_dir: Path, p
         assert (by_text["af"], by_text["pvc"]) == (code in SNOMED_AF, code in SNOMED_PVC), (code, st.text)
 
 
-def test_reports_rhythm_last_normal_only_for_sinus_rhythm_alone() -> None:
+def test_reports_rhythm_first_normal_only_for_sinus_rhythm_alone() -> None:
     # JS00001's header order: AF, RBBB, T-wave abnormal; 59118001 and 713427006 are one diagnosis (one statement)
     assert reports(["164889003", "59118001", "164934002", "713427006"], normal=False) == (
-        "complete right bundle branch block", "T-wave abnormality", "atrial fibrillation")
+        "atrial fibrillation", "complete right bundle branch block", "T-wave abnormality")
     assert labels_from_snomed(["426783006"]) == {"af": False, "pvc": False, "abnormal": False}
-    assert reports(["426783006"], normal=True) == ("normal ECG", "sinus rhythm")
+    assert reports(["426783006"], normal=True) == ("sinus rhythm", "normal ECG")  # as PTB-XL's NORM + SR
     assert labels_from_snomed(["426783006", "426177001"])["abnormal"]  # sinus bradycardia is a finding
     assert labels_from_snomed(["164890007"])["af"] and labels_from_snomed(["164884008"])["pvc"]
     assert reports(["251238007", "427172004"], normal=False) == ("ventricular premature complex",)
@@ -68,11 +68,11 @@ def test_tasks_from_the_real_headers(cinc_dir: Path) -> None:
     by_id = {t.ecg_id: t for t in tasks(str(cinc_dir))}
     assert len(by_id) == 199 and not [t for t in by_id.values() if t.problem]
     a2 = by_id["A0002"]
-    assert (a2.age, a2.sex, a2.reports, a2.report_text) == (49.0, "F", ("normal ECG", "sinus rhythm"), "426783006")
+    assert (a2.age, a2.sex, a2.reports, a2.report_text) == (49.0, "F", ("sinus rhythm", "normal ECG"), "426783006")
     assert a2.labels == {"af": False, "pvc": False, "abnormal": False}
     assert a2.patient_id == "A0002" and a2.split == split_for_patient("A0002") and a2.path.endswith("cpsc_2018/A0002")
-    assert by_id["JS00001"].reports == ("complete right bundle branch block", "T-wave abnormality",
-                                        "atrial fibrillation")
+    assert by_id["JS00001"].reports == ("atrial fibrillation", "complete right bundle branch block",
+                                        "T-wave abnormality")
     assert by_id["E00001"].age is None  # "#Age: NaN"
     js = by_id["JS20006"]  # carries 251238007, named in no challenge table
     assert js.labels["pvc"] and "251238007" in js.report_text and "" not in js.reports
@@ -119,7 +119,7 @@ def test_prepare_a_handful_end_to_end(ray_local, cinc_dir: Path, tmp_path: Path)
     df = table.to_pandas().set_index("ecg_id")
     assert list(df.index) == ["A0001", "A0002", "A0005", "E00015", "HR03961", "JS20006"]
     assert (df.source == "physionet-challenge").all() and (df.fs_source == 500.0).all()
-    assert list(df.loc["A0002", "reports"]) == ["normal ECG", "sinus rhythm"] and not df.loc["A0002", "abnormal"]
+    assert list(df.loc["A0002", "reports"]) == ["sinus rhythm", "normal ECG"] and not df.loc["A0002", "abnormal"]
     assert df.loc["A0005", "pvc"] and list(df.loc["A0005", "reports"]) == ["ventricular premature complex"]
     assert df.loc["JS20006", "pvc"] and df.loc["A0001", "abnormal"]
     assert [df.loc[n, "split"] for n in df.index] == [split_for_patient(n) for n in df.index]

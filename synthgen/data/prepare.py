@@ -26,7 +26,7 @@ from synthgen.data.sources import mimic_iv_ecg, physionet_challenge, ptbxl, wfdb
 from synthgen.data.splits import SPLITS
 from synthgen.errors import InputError
 from synthgen.io import shards
-from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic, write_json_atomic
+from synthgen.io.paths import StorageOptions, check_writable, join, resolve, write_bytes_atomic, write_json_atomic
 
 SOURCES = ("ptbxl", "mimic-iv-ecg", "wfdb", "physionet-challenge")
 SHARD_ROWS = 1000
@@ -47,6 +47,7 @@ def prepare(source: str, src: str, out: str, *, metadata: str | None = None, pat
     tasks = sorted(_tasks(source, src, metadata, patients, storage_options), key=lambda t: t.ecg_id)
     if not tasks:
         raise InputError(f"--src {src}: the metadata lists no records")
+    check_writable(out, storage_options)  # before Ray starts
     fs, root = resolve(out, storage_options)
     if fs.exists(join(root, shards.SUMMARY)):  # an earlier run's summary must not vouch for a half-done rerun
         fs.rm(join(root, shards.SUMMARY))

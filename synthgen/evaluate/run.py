@@ -28,7 +28,7 @@ from synthgen.evaluate.encoder import Encoder, load_encoder, prompts_of
 from synthgen.evaluate.peers import PEERS, get_peer, peer_signals, write_peer_set
 from synthgen.evaluate.plot import plot_ecg
 from synthgen.generate.writers import read_generated
-from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic, write_json_atomic
+from synthgen.io.paths import StorageOptions, check_writable, join, resolve, write_bytes_atomic, write_json_atomic
 from synthgen.io.shards import read_shards, signals
 from synthgen.model.bundle import shipped_bundle_url
 
@@ -116,6 +116,7 @@ def evaluate(real: str, generated: str, out: str, *, encoder: str | None = None,
                     ("generated set", gen)):
         if t.num_rows < 5:
             raise InputError(f"{name} has {t.num_rows} ECGs; at least 5 are needed (k=3 neighbours)")
+    check_writable(out, storage_options)  # before minutes of peers and features
 
     target_reports = target.column("reports").to_pylist()
     counts = Counter(s for r in target_reports for s in dict.fromkeys(r or []))

@@ -1,6 +1,7 @@
 """`synthgen generate`: sample ECGs for every manifest row with a pool of Ray actors, exactly once, resumably.
 
-Order of events: validate arguments and every manifest row → hash the model → write/compare ``_plan.json``
+Order of events: validate arguments and every manifest row → hash the model → check ``out`` can be written
+(``check_writable``: one line and nothing started when not) → write/compare ``_plan.json``
 → list committed shards → Ray Data ``map_batches`` over the pending shard ids (actor pool) → verify every
 shard is committed → write ``_SUCCESS.json``. See docs/generate.md for why each step is there.
 """
@@ -23,7 +24,7 @@ from synthgen.generate.manifest import Spec, read_manifest, sample_counts, specs
 from synthgen.generate.plan import Plan
 from synthgen.generate.sampler import ShardSampler, model_hash
 from synthgen.generate.writers import SCHEMA_VERSION, Provenance, committed_shards
-from synthgen.io.paths import StorageOptions, join, read_json, resolve, write_json_atomic
+from synthgen.io.paths import StorageOptions, check_writable, join, read_json, resolve, write_json_atomic
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 FORMATS = ("parquet", "wfdb", "both")
@@ -62,16 +63,18 @@ def _claim_out(fs, root: str, plan_doc: dict) -> None:
 
 @contextlib.contextmanager
 def _data_context() -> Iterator[None]:
-    """Quiet Ray Data's own progress bars while ours runs; restore the settings afterwards."""
+    """Quiet Ray Data's own progress bars while ours runs, and let a failing sampler's own exception reach the
+    driver (by default Ray Data replaces it by a UserCodeException that only holds its traceback as text, so a
+    storage failure could not be reported as one line); restore the settings afterwards."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    saved = ctx.enable_progress_bars, ctx.print_on_execution_start
-    ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+    saved = ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.raise_original_map_exception
+    ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.raise_original_map_exception = False, False, True
     try:
         yield
     finally:
-        ctx.enable_progress_bars, ctx.print_on_execution_start = saved
+        ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.raise_original_map_exception = saved
 
 
 def _actor_resources(ray, actors: int | None, gpu: bool | None, pending: int) -> tuple[dict, dict, str, int | None]:
@@ -119,6 +122,7 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
     }
     run_id = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     plan = Plan(tuple(counts), seed, shard_size)
+    check_writable(out, storage_options)  # every input is valid: now the output, before Ray starts
     fs, root = resolve(out, storage_options)
     _claim_out(fs, root, {"run_id": run_id, "params": params, "manifest": manifest, "n_shards": plan.n_shards,
                           "created": datetime.now(timezone.utc).isoformat()})

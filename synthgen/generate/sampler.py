@@ -16,6 +16,7 @@ import numpy as np
 from synthgen.cluster import device_label
 from synthgen.conditions.spec import Condition
 from synthgen.data.plausibility import Plausibility, check_many
+from synthgen.errors import StorageError, outside_failure, transient
 from synthgen.generate.plan import Plan, retry_seed, shard_name
 from synthgen.generate.writers import (Provenance, commit_marker, parquet_bytes, shard_table,
                                       write_wfdb_records)
@@ -48,12 +49,16 @@ def load_pipeline(model: str | None, storage_options: StorageOptions, *, device:
     return ECGPipeline(load_bundle(model, storage_options=storage_options), device=device)
 
 
-def with_retries(fn: Callable[[], T], attempts: int = 6, first_delay_s: float = 0.5) -> T:
-    """Retry a storage call with exponential backoff (~15 s in all), riding out an object-store restart."""
+def with_retries(fn: Callable[[], T], attempts: int = 8, first_delay_s: float = 0.5) -> T:
+    """Retry a storage call on a transient failure (``synthgen.errors.transient``: refused connections, timeouts,
+    5xx) with exponential backoff, ~64 s of waiting in all on top of the S3 client's own retries, riding out an
+    object-store restart. Credential, permission and not-found errors are raised at once."""
     for attempt in range(attempts - 1):
         try:
             return fn()
-        except OSError:  # s3fs/aiohttp connection errors surface as OSError subclasses
+        except Exception as e:  # botocore's connection errors are not OSErrors
+            if not transient(e):
+                raise
             time.sleep(first_delay_s * 2**attempt)
     return fn()
 
@@ -67,6 +72,7 @@ class ShardSampler:
                  device: str, threads: int | None, replace_implausible: int = 0) -> None:
         self.model = load_pipeline(model, storage_options, device=device, threads=threads)
         self.device = device_label(device)  # reported per shard: what ran where
+        self.out = out
         self.fs, self.root = resolve(out, storage_options)
         self.plan, self.conditions, self.text_fields, self.prov = plan, conditions, text_fields, prov
         self.sample_kw = dict(sampler=sampler, steps=steps, guidance=guidance)
@@ -100,7 +106,13 @@ class ShardSampler:
         return signals, used, attempts, verdicts
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [self._shard(int(k)) for k in batch["shard"]]
+        try:
+            rows = [self._shard(int(k)) for k in batch["shard"]]
+        except Exception as e:  # described here, where the whole error is: only its text survives Ray's transport
+            line = outside_failure(e)
+            if line is None:
+                raise
+            raise StorageError(f"--out {self.out}: {line}") from e
         return {key: np.array([r[key] for r in rows]) for key in rows[0]}
 
     def _shard(self, k: int) -> dict[str, float | int | bool | str]:

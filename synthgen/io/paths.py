@@ -16,7 +16,7 @@ import fsspec
 import pyarrow as pa
 from fsspec.core import url_to_fs
 
-from synthgen.errors import InputError
+from synthgen.errors import InputError, StorageError, outside_failure
 
 StorageOptions = dict[str, Any] | None
 
@@ -36,6 +36,41 @@ def resolve(url: str, storage_options: StorageOptions = None) -> tuple[fsspec.Ab
     url = os.fspath(url)
     opts = storage_options_from_env(storage_options) if "://" in url and not url.startswith("file://") else {}
     return url_to_fs(url, **opts)
+
+
+PROBE_CONNECT_TIMEOUT_S = 10  # the write check's S3 client: 2 attempts, so a silent endpoint fails in ~20 s
+
+
+def check_writable(url: str, storage_options: StorageOptions = None, what: str = "--out") -> None:
+    """Fail fast, before any work starts: write and delete an empty probe object under ``url``.
+
+    Raises StorageError naming ``what``, ``url`` (and the S3 endpoint) and the cause when the target cannot be
+    written: an unreachable endpoint, missing or wrong credentials, a missing bucket, no permission, a path
+    under a file, a read-only disk. The probe's S3 client makes 2 attempts with a 10 s connect timeout (the
+    defaults retry for seconds, or minutes when the endpoint does not answer); the run keeps the defaults.
+    A local ``url`` is created as a folder (the run would create it next).
+    """
+    opts = dict(storage_options or {})
+    s3 = url.startswith(("s3://", "s3a://"))
+    if s3:
+        config = {**opts.get("config_kwargs", {}), "retries": {"total_max_attempts": 2, "mode": "standard"}}
+        config.setdefault("connect_timeout", PROBE_CONNECT_TIMEOUT_S)
+        opts.update(config_kwargs=config, skip_instance_cache=True)
+    try:
+        fs, root = resolve(url, opts)
+        if is_local(fs):
+            fs.makedirs(root, exist_ok=True)
+        probe = join(root, f".synthgen-write-check-{uuid.uuid4().hex}")
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except Exception as e:
+        cause = outside_failure(e)
+        if cause is None:
+            raise
+        endpoint = storage_options_from_env(storage_options).get("client_kwargs", {}).get("endpoint_url") \
+            if s3 else None
+        where = f" (S3 endpoint {endpoint})" if endpoint and endpoint not in cause else ""
+        raise StorageError(f"{what} {url}{where}: cannot write there: {cause}") from e
 
 
 def shown_command(prog: str, argv: list[str]) -> str:

@@ -20,7 +20,7 @@ from synthgen.cluster import gpu_budget, ray_session
 from synthgen.conditions.embedders import CachedEmbedder, get_embedder
 from synthgen.conditions.patient import PatientStats
 from synthgen.errors import InputError
-from synthgen.io.paths import join, read_json, resolve, write_bytes_atomic, write_json_atomic
+from synthgen.io.paths import check_writable, join, read_json, resolve, write_bytes_atomic, write_json_atomic
 from synthgen.io.shards import SUMMARY, read_shards, read_summary
 from synthgen.train.presets import TrainConfig, get_preset
 
@@ -256,6 +256,7 @@ def train(stage: str, data: str, out: str, *, preset: str = "small", workers: in
         return done
     if stage == "diffusion" and not fs_out.exists(f"{out_path}/vae/vae.json"):
         raise InputError(f"--out {out}: no trained VAE at {join(out, 'vae')}; run `synthgen train vae` first")
+    check_writable(out, storage_options)  # before Ray starts
     emb = get_embedder(embedder, cache=cache, storage_options=storage_options)
     vae_model, unet_model = _model_configs(tc, emb.dim)
     ages_hrs = read_shards(data, split="train", columns=["age", "hr"], storage_options=storage_options)

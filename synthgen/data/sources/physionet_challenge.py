@@ -13,9 +13,10 @@ record's labels as comments: ``#Age: 74`` (may be ``NaN``), ``#Sex: Male``/``Fem
 - Reports: each ``#Dx`` code's English statement from ``synthgen/assets/snomed_ct/dx_statements.csv``
   (PTB-XL's SCP description where the finding is the same, so prompts use the training vocabulary), in the
   header's order with duplicates dropped (three Ningbo codes no challenge table names add no statement, but
-  still make the record abnormal), rhythm statements last — the order PTB-XL's reports have
-  (its rhythm statements carry likelihood 0 and sort last). A record whose only code is sinus rhythm is a
-  normal ECG and reads ``normal ECG``, ``sinus rhythm``, as PTB-XL's NORM + SR records do.
+  still make the record abnormal), rhythm statements first — the order PTB-XL's reports are given in
+  (``ptbxl.report_order``), so that a rhythm such as AF is never cut off the end of a prompt. A record whose
+  only code is sinus rhythm is a normal ECG and reads ``sinus rhythm``, ``normal ECG``, as PTB-XL's NORM + SR
+  records do.
 - ``report_text``: the ``#Dx`` codes as written. Labels: ``labels_from_snomed``.
 - Rejected on the driver: ``duplicate_record``, ``unreadable_record`` (header not readable as text),
   ``no_dx`` (no ``#Dx`` code with a statement) and ``unknown_dx`` (a code outside the table). The signal
@@ -63,12 +64,13 @@ def dx_statements() -> dict[str, Statement]:
 
 
 def reports(codes: Iterable[str], normal: bool) -> tuple[str, ...]:
-    """Ordered English reports for SNOMED CT ``codes`` (all in the table): other statements in the given order,
-    then rhythm statements; repeats and unnamed codes dropped; ``normal ECG`` first when the record is
-    ``normal``."""
+    """Ordered English reports for SNOMED CT ``codes`` (all in the table): rhythm statements, then ``normal ECG``
+    when the record is ``normal``, then the other statements in the given order; repeats and unnamed codes
+    dropped."""
     statements = [s for s in (dx_statements()[c] for c in codes) if s.text]
-    ordered = [s.text for s in statements if not s.rhythm] + [s.text for s in statements if s.rhythm]
-    return tuple(dict.fromkeys(([NORMAL_ECG] if normal else []) + ordered))
+    rhythm = [s.text for s in statements if s.rhythm]
+    return tuple(dict.fromkeys(rhythm + ([NORMAL_ECG] if normal else []) + [s.text for s in statements
+                                                                               if not s.rhythm]))
 
 
 def header_comments(text: str) -> dict[str, str]:
