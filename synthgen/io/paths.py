@@ -122,17 +122,23 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
 
 
 def read_parquet(fs: fsspec.AbstractFileSystem, path: str, columns: list[str] | None = None) -> pa.Table:
-    """A Parquet file read whole into memory first.
+    """A Parquet file read whole into Arrow-owned memory first, so Arrow's threads never hold a Python object.
 
-    pyarrow reading through a Python file object leaves its thread pool to race interpreter teardown, which
-    aborts the process at exit now and then ("terminate called without an active exception",
-    apache/arrow#34314); reading from an in-memory buffer never touches Python I/O from Arrow's threads.
+    ``pq.read_table`` scans through Arrow's dataset layer, whose I/O threads may drop the last reference to the
+    source after the table is returned. If that source wraps a Python object (a Python file, or ``bytes`` in
+    ``pa.BufferReader``), its destructor takes the GIL; at interpreter exit that kills the Arrow thread inside
+    a C++ destructor and the process aborts after its work is done ("terminate called without an active
+    exception", exit 134; seen in a core dump: ``arrow::py::PyBuffer::~PyBuffer`` → ``PyGILState_Ensure`` →
+    ``pthread_exit`` on an Arrow ThreadPool worker). Copying the bytes into an Arrow buffer (one memcpy)
+    leaves nothing Python-owned for those threads to release.
     """
     import pyarrow.parquet as pq
 
     with fs.open(path, "rb") as f:
         data = f.read()
-    return pq.read_table(pa.BufferReader(data), columns=columns)
+    sink = pa.BufferOutputStream()
+    sink.write(data)
+    return pq.read_table(pa.BufferReader(sink.getvalue()), columns=columns)
 
 
 def read_bundle_file(fs: fsspec.AbstractFileSystem, root: str, name: str, url: str,
