@@ -25,7 +25,7 @@ from classifiers.data import TASKS, LabelledSet, check_task, real_task_splits, s
 from classifiers.metrics import SCORES
 from classifiers.train import TrialConfig, train_trial
 from synthgen import __version__
-from synthgen.cluster import device_label, gpu_budget, ray_session, torch_device
+from synthgen.cluster import console, device_label, gpu_budget, ray_session, torch_device
 from synthgen.errors import InputError
 from synthgen.generate.manifest import class_conditions, largest_remainder, write_manifest
 from synthgen.io.paths import (StorageOptions, check_writable, join, read_json, resolve, write_bytes_atomic,
@@ -239,7 +239,7 @@ def _run_trials(prepared: dict, inputs: dict, fs: fsspec.AbstractFileSystem, roo
                     waiting[ref] = (len(results), path, key, arm)
                     results.append(None)
         bar = tqdm(total=len(results), initial=len(results) - len(waiting), desc="augment-eval trials",
-                   unit="trial", disable=not progress)
+                   unit="trial", disable=not progress, file=console())
         while waiting:
             done, _ = ray.wait(list(waiting), num_returns=1)
             i, path, key, arm = waiting.pop(done[0])

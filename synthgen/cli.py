@@ -10,6 +10,7 @@ a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from enum import Enum
@@ -69,9 +70,15 @@ def _storage_options(value: Optional[str]) -> Optional[dict]:
 
 
 @app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="On an error, print the full traceback too.")
+def _options(debug: bool = typer.Option(False, "--debug", help="On an error, print the full traceback too."),
+             verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own log lines on the console too "
+                                                                   "(by default they go to a log file).")
              ) -> None:
     """Synthetic 12-lead ECGs from clinical reports and patient info, at batch scale."""
+    if verbose:
+        from synthgen.cluster import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"  # read by synthgen.cluster.ray_session, here or in a `ray job` entry point
 
 
 StorageOpt = typer.Option(None, "--storage-options", help="JSON object passed to fsspec/s3fs (endpoint, key…).")

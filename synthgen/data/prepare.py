@@ -140,7 +140,7 @@ def _results(tasks: list[RecordTask], workers: int | None,
     Reuses a running Ray (``workers`` then caps the chunks in flight); otherwise starts one with
     ``workers`` CPUs and shuts it down afterwards.
     """
-    from synthgen.cluster import ray_session
+    from synthgen.cluster import console, ray_session
 
     with ray_session(workers) as ray:
         slots = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -150,7 +150,7 @@ def _results(tasks: list[RecordTask], workers: int | None,
         pending: dict = {}
         done: dict[int, tuple[pa.Table, list[dict]]] = {}
         submitted = yielded = 0
-        with tqdm(total=len(tasks), unit="rec", desc="prepare") as bar:
+        with tqdm(total=len(tasks), unit="rec", desc="prepare", file=console()) as bar:
             while yielded < len(chunks):
                 # bounded: only ~2×slots chunks are ever running or waiting to be written
                 while submitted < len(chunks) and len(pending) + len(done) < 2 * slots:

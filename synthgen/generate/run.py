@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 
 from synthgen import __version__
-from synthgen.cluster import gpu_budget, ray_session, torch_device
+from synthgen.cluster import console, gpu_budget, ray_log_path, ray_session, torch_device
 from synthgen.errors import InputError
 from synthgen.generate.manifest import Spec, read_manifest, sample_counts, specs_fingerprint
 from synthgen.generate.plan import Plan
@@ -133,9 +133,9 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
         return {**read_json(fs, summary_path), "shards_written": 0, "samples_written": 0}
 
     t0 = time.perf_counter()
-    rows = []
+    rows, ray_log = [], None
     if pending:
-        rows = _run_pool(plan, pending, specs, model=model, storage_options=storage_options, out=out,
+        rows, ray_log = _run_pool(plan, pending, specs, model=model, storage_options=storage_options, out=out,
                          prov=Provenance(run_id, params["model_hash"], sampler, steps, float(guidance), __version__),
                          sample_kw=dict(sampler=sampler, steps=steps, guidance=float(guidance)),
                          batch_size=batch_size, output_format=output_format, wfdb_fs=wfdb_fs, actors=actors,
@@ -165,21 +165,22 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
         print(f"generated {samples_written} ECGs in {wall:.1f} s ({summary['ecg_per_s']} ECG/s; "
               f"{len(done)} shard(s) were already done); writing took {100 * (summary['write_share'] or 0):.1f} % "
               f"of actor time; {summary['implausible_written']} flagged implausible, {summary['replaced']} "
-              f"redrawn → {out}")
+              f"redrawn → {out}" + (f"\nRay's log: {ray_log}" if ray_log else ""))
     return summary
 
 
 def _run_pool(plan: Plan, pending: list[int], specs: list[Spec], *, model: str | None,
               storage_options: StorageOptions, out: str, prov: Provenance, sample_kw: dict, batch_size: int,
               output_format: str, wfdb_fs: float | None, actors: int | None, gpu: bool | None, progress: bool,
-              replace_implausible: int, done_samples: int) -> list[dict]:
-    """Run the pending shards through an actor pool; returns the per-shard summary rows."""
+              replace_implausible: int, done_samples: int) -> tuple[list[dict], str | None]:
+    """Run the pending shards through an actor pool; returns the per-shard summary rows and the file that
+    received Ray's lines (None when they went to the console)."""
     from tqdm import tqdm
 
     with ray_session() as ray:
         pool, resources, device, threads = _actor_resources(ray, actors, gpu, len(pending))
         with _data_context(), tqdm(total=plan.total, initial=done_samples, unit="ECG", disable=not progress,
-                                   smoothing=0.1, desc="generate") as bar:
+                                   smoothing=0.1, desc="generate", file=console()) as bar:
             ds = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))
             # A killed actor is restarted and its shard retried by Ray Data's actor-pool defaults
             # (max_restarts=-1, max_task_retries=-1); setting them goes through **ray_remote_args, deprecated
@@ -196,4 +197,4 @@ def _run_pool(plan: Plan, pending: list[int], specs: list[Spec], *, model: str |
             for row in ds.iter_rows():
                 rows.append(row)
                 bar.update(int(row["samples"]))
-        return rows
+        return rows, ray_log_path()

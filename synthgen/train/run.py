@@ -262,7 +262,7 @@ def train(stage: str, data: str, out: str, *, preset: str = "small", workers: in
     ages_hrs = read_shards(data, split="train", columns=["age", "hr"], storage_options=storage_options)
     stats = PatientStats.fit(ages_hrs["age"].to_numpy(zero_copy_only=False),
                              ages_hrs["hr"].to_numpy(zero_copy_only=False))
-    with ray_session() as ray:
+    with ray_session(worker_output=True) as ray:  # the workers print the epoch lines
         from ray.data import DataContext
 
         from synthgen.train.datasets import split_dataset
