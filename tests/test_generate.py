@@ -162,25 +162,31 @@ def test_generate_local_resume_and_rerun(ray_local, tiny_bundle, tmp_path, manif
 
 def test_killed_actor_still_writes_every_sample_once(ray_local, tiny_bundle, tmp_path, manifest):
     """SIGKILL the sampler actors' processes mid-run (an actor dying, as on OOM): Ray restarts them, their
-    shards are retried, and every sample is still written exactly once."""
-    from ray.util.state import list_actors
+    shards are retried, and every sample is still written exactly once.
+
+    The shards still missing are counted after the kill (so the kill certainly left work to redo), and Ray's
+    task records must show a sampler task that ran again (attempt ≥ 1) and finished: a retried shard."""
+    from ray.util.state import list_actors, list_tasks
 
     out = tmp_path / "out"
     shards = out / "shards"
+    address = ray_local.get_runtime_context().gcs_address  # our cluster, when other Ray instances run here
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit(generate, manifest, str(out), model=tiny_bundle.url, steps=SLOW_STEPS, shard_size=1,
                           actors=2, progress=False)
         wait_for(lambda: run.done() or any(shards.glob("part-*.parquet")))
-        committed_at_kill = len(list(shards.glob("part-*.parquet")))
         # Ray Data's actors are "MapWorker(MapBatches(ShardSampler))", unnamed (no handle to get): kill the
-        # process. The address picks our cluster when other Ray instances run on this host.
-        alive = list_actors(address=ray_local.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
-        victims = [a for a in alive
-                   if "ShardSampler" in a.class_name and a.pid]
+        # process.
+        alive = list_actors(address=address, filters=[("state", "=", "ALIVE")])
+        victims = [a for a in alive if "ShardSampler" in a.class_name and a.pid]
         for actor in victims:
             os.kill(actor.pid, signal.SIGKILL)
+        committed_after_kill = len(list(shards.glob("part-*.parquet")))
         summary = run.result(timeout=600)
-    assert victims and committed_at_kill < summary["n_shards"] == TOTAL, "the kill must land mid-run"
+    assert victims and committed_after_kill < summary["n_shards"] == TOTAL, "the kill must land mid-run"
+    retried = [t for a in victims for t in list_tasks(address=address, filters=[("actor_id", "=", a.actor_id)])
+               if t.attempt_number > 0 and t.state == "FINISHED"]
+    assert retried, "no sampler task was retried after the kill"
     assert_exactly_once(read_rows(str(out)))
     assert sorted(p.name for p in shards.iterdir() if not p.name.startswith(".")) == \
         [f"part-{k:05d}.parquet" for k in range(TOTAL)]
