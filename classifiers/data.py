@@ -15,8 +15,8 @@ import pyarrow as pa
 
 from synthgen.data.labels import labels_from_text
 from synthgen.errors import InputError
-from synthgen.generate.writers import read_generated
-from synthgen.io.paths import StorageOptions, join, read_parquet, resolve
+from synthgen.generate.writers import READ_COLUMNS, read_generated
+from synthgen.io.paths import StorageOptions
 from synthgen.io.shards import read_shards, signals
 
 TASKS = ("af", "pvc", "abnormal")
@@ -110,37 +110,21 @@ def external_sets(url: str, tasks: list[str], storage_options: StorageOptions = 
                               patients) for task in tasks}
 
 
-def _plausible(url: str, ecg_ids: list[str], storage_options: StorageOptions) -> np.ndarray:
-    """generate's ``plausible`` flag of each row, in `read_generated`'s row order (checked by ``ecg_ids``).
-
-    (`read_generated` does not return the column; it is read here from the same part files.)
-    """
-    fs, root = resolve(url, storage_options)
-    flags, ids = [], []
-    for path in sorted(fs.glob(join(root, "shards", "part-*.parquet"))):
-        try:
-            table = read_parquet(fs, path, ["ecg_id", "plausible"])
-        except pa.ArrowInvalid:
-            raise InputError(f"{path}: no 'plausible' column (written before generate checked plausibility); "
-                             "generate the synthetic set again") from None
-        flags += table.column("plausible").to_pylist()
-        ids += table.column("ecg_id").to_pylist()
-    if ids != ecg_ids:
-        raise InputError(f"{url}: the shards changed while being read")
-    return np.asarray(flags, dtype=bool)
-
-
 def synthetic_set(url: str, task: str,
                   storage_options: StorageOptions = None) -> tuple[LabelledSet, dict[str, dict[str, int]]]:
     """The rows of a `synthgen generate` output that passed its plausibility check, labelled for ``task``, and
     per class (``"0"``, ``"1"``) how many were generated, dropped as implausible and kept."""
     check_task(task)
-    table = read_generated(url, storage_options)
+    try:
+        table = read_generated(url, storage_options, columns=(*READ_COLUMNS, "plausible"))
+    except pa.ArrowInvalid:
+        raise InputError(f"{url}: no 'plausible' column (written before generate checked plausibility); "
+                         "generate the synthetic set again") from None
     labels = table.column("label").to_pylist()
     reports = table.column("reports").to_pylist()
     y = np.asarray([1 if lab == task else 0 if lab == f"not_{task}" else int(labels_from_text(rep or [])[task])
                     for lab, rep in zip(labels, reports)], dtype=np.int64)
-    ok = _plausible(url, table.column("ecg_id").to_pylist(), storage_options)
+    ok = np.asarray(table.column("plausible").to_pylist(), dtype=bool)
     counts = {str(c): {"generated": int(np.sum(y == c)), "dropped": int(np.sum((y == c) & ~ok)),
                        "kept": int(np.sum((y == c) & ok))} for c in (0, 1)}
     return LabelledSet(signals(table)[ok], y[ok]), counts
