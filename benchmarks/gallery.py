@@ -1,10 +1,13 @@
 """A gallery of generated ECGs on the paper grid, to look at before a model ships (docs/figures/).
 
     python benchmarks/gallery.py --out docs/figures/gallery-shipped.png [--model BUNDLE] [--sampler ddpm --steps 100]
+    python benchmarks/gallery.py --describe brugada_type1,hyperkalemia,wpw,complete_heart_block \
+        --out docs/figures/gallery-describe.png
 
 Three ECGs each for AF, PVC, normal and LVH (conditions below, seeds 0–2), drawn with `synthgen plot`'s
 printout and tiled 3 × 4 into one PNG; each caption gives the condition, the measured heart rate and the
-plausibility verdict.
+plausibility verdict. ``--describe`` draws curated conditions of `synthgen manifest describe` instead (their
+findings as reports, their typical HR, no age or sex), as the two-stage flow would.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import textwrap
 
 import matplotlib
 
@@ -19,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from synthgen.conditions.describe import find_curated  # noqa: E402
 from synthgen.conditions.spec import Condition  # noqa: E402
 from synthgen.data.plausibility import check_many  # noqa: E402
 from synthgen.evaluate.plot import plot_ecg  # noqa: E402
@@ -39,12 +44,17 @@ def main() -> None:
     ap.add_argument("--sampler", default="ddpm")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--describe", default=None, help="Comma-separated curated condition names or keys.")
     args = ap.parse_args()
+    rows = GALLERY
+    if args.describe:
+        found = [find_curated(name) for name in args.describe.split(",")]
+        rows = [(c.condition, Condition(c.findings, hr=c.typical_hr)) for c in found]
     pipe = ECGPipeline.from_bundle(args.model)
-    conds = [c for _, c in GALLERY for _ in range(3)]
-    x = pipe(conds, [0, 1, 2] * len(GALLERY), sampler=args.sampler, steps=args.steps, guidance=args.guidance)
-    verdicts = check_many(x, np.array([c.hr for c in conds], float))
-    fig, axes = plt.subplots(len(GALLERY), 3, figsize=(30, 4.2 * len(GALLERY)))
+    conds = [c for _, c in rows for _ in range(3)]
+    x = pipe(conds, [0, 1, 2] * len(rows), sampler=args.sampler, steps=args.steps, guidance=args.guidance)
+    verdicts = check_many(x, np.array([np.nan if c.hr is None else c.hr for c in conds], float))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(30, 4.2 * len(rows)), squeeze=False)
     with tempfile.TemporaryDirectory() as tmp:
         for i, (ax, cond, v) in enumerate(zip(axes.flat, conds, verdicts)):
             path = os.path.join(tmp, f"{i}.png")
@@ -52,8 +62,10 @@ def main() -> None:
             ax.imshow(plt.imread(path))
             ax.axis("off")
             hr = "—" if v.measured_hr is None else f"{v.measured_hr:.0f}"
-            ax.set_title(f"{GALLERY[i // 3][0]}: {' | '.join(cond.reports)}; HR asked {cond.hr:.0f}, measured {hr}; "
-                         f"{'plausible' if v.ok else ', '.join(v.reasons)} (seed {i % 3})", fontsize=11)
+            asked = "—" if cond.hr is None else f"{cond.hr:.0f}"
+            ax.set_title(f"{rows[i // 3][0]}; HR asked {asked}, measured {hr}; "
+                         f"{'plausible' if v.ok else ', '.join(v.reasons)} (seed {i % 3})\n"
+                         f"{textwrap.shorten(' | '.join(cond.reports), 95)}", fontsize=11)
     fig.suptitle(f"model {pipe.bundle.model_hash[:12]}, {args.sampler}-{args.steps}, guidance {args.guidance}",
                  fontsize=14, y=1.0)
     fig.tight_layout()

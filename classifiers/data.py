@@ -2,7 +2,8 @@
 
 Labels come from the shards (prepare derives them from SCP codes or report text). A synthetic row's class is its
 manifest ``label`` (``af`` or ``not_af`` as augment-eval writes them); rows with another or no label are
-classified from their reports, so any `synthgen generate` output can be used.
+classified from their reports, so any `synthgen generate` output can be used. Only synthetic ECGs that passed
+generate's plausibility check (its ``plausible`` column) are used.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from synthgen.data.labels import labels_from_text
 from synthgen.errors import InputError
-from synthgen.generate.writers import read_generated
+from synthgen.generate.writers import READ_COLUMNS, read_generated
 from synthgen.io.paths import StorageOptions
 from synthgen.io.shards import read_shards, signals
 
@@ -23,10 +25,12 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class LabelledSet:
-    """ECGs (N, 12, 1024) float32 mV and labels (N,) int64: 1 = the task's label (af, pvc, abnormal), 0 = not."""
+    """ECGs (N, 12, 1024) float32 mV and labels (N,) int64: 1 = the task's label (af, pvc, abnormal), 0 = not;
+    ``patients`` (N,) patient ids where known (real ECGs: the bootstrap resamples test patients, not ECGs)."""
 
     x: np.ndarray
     y: np.ndarray
+    patients: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -35,15 +39,16 @@ class LabelledSet:
         return {c: int(np.sum(self.y == c)) for c in (0, 1)}
 
     def of_class(self, c: int) -> LabelledSet:
-        keep = self.y == c
-        return LabelledSet(self.x[keep], self.y[keep])
+        return self.take(np.flatnonzero(self.y == c))
 
     def take(self, idx: np.ndarray) -> LabelledSet:
-        return LabelledSet(self.x[idx], self.y[idx])
+        return LabelledSet(self.x[idx], self.y[idx], None if self.patients is None else self.patients[idx])
 
     @staticmethod
     def concat(*sets: LabelledSet) -> LabelledSet:
-        return LabelledSet(np.concatenate([s.x for s in sets]), np.concatenate([s.y for s in sets]))
+        """Rows of all ``sets``; patient ids only if every set has them."""
+        patients = (None if any(s.patients is None for s in sets) else np.concatenate([s.patients for s in sets]))
+        return LabelledSet(np.concatenate([s.x for s in sets]), np.concatenate([s.y for s in sets]), patients)
 
 
 def check_task(task: str) -> None:
@@ -78,7 +83,7 @@ def real_task_splits(data: str, tasks: list[str],
     out: dict[str, dict[str, LabelledSet]] = {}
     for task in tasks:
         y = np.asarray(table.column(task).fill_null(False).to_pylist(), dtype=np.int64)
-        out[task] = {name: LabelledSet(xs[name], y[k]) for name, k in keep.items()}
+        out[task] = {name: LabelledSet(xs[name], y[k], patients[k]) for name, k in keep.items()}
         for name, part in out[task].items():
             if len(set(part.y.tolist())) < 2:
                 raise InputError(f"{data}: the {name} split has only {task}={bool(part.y[0])} records; "
@@ -91,12 +96,35 @@ def real_splits(data: str, task: str, storage_options: StorageOptions = None) ->
     return real_task_splits(data, [task], storage_options)[task]
 
 
-def synthetic_set(url: str, task: str, storage_options: StorageOptions = None) -> LabelledSet:
-    """Every row of a `synthgen generate` output, labelled for ``task``."""
+def external_sets(url: str, tasks: list[str], storage_options: StorageOptions = None) -> dict[str, LabelledSet]:
+    """Every row of prepared shards from another source (all splits: none of it trains or selects a model),
+    labelled for each of ``tasks``; scored by every trained classifier beside the test split."""
+    for task in tasks:
+        check_task(task)
+    table = read_shards(url, columns=["signal", "patient_id", *tasks], storage_options=storage_options)
+    if table.num_rows == 0:
+        raise InputError(f"--external {url}: no rows in the shards")
+    x = signals(table)
+    patients = np.asarray(table.column("patient_id").to_pylist(), dtype=object)
+    return {task: LabelledSet(x, np.asarray(table.column(task).fill_null(False).to_pylist(), dtype=np.int64),
+                              patients) for task in tasks}
+
+
+def synthetic_set(url: str, task: str,
+                  storage_options: StorageOptions = None) -> tuple[LabelledSet, dict[str, dict[str, int]]]:
+    """The rows of a `synthgen generate` output that passed its plausibility check, labelled for ``task``, and
+    per class (``"0"``, ``"1"``) how many were generated, dropped as implausible and kept."""
     check_task(task)
-    table = read_generated(url, storage_options)
+    try:
+        table = read_generated(url, storage_options, columns=(*READ_COLUMNS, "plausible"))
+    except pa.ArrowInvalid:
+        raise InputError(f"{url}: no 'plausible' column (written before generate checked plausibility); "
+                         "generate the synthetic set again") from None
     labels = table.column("label").to_pylist()
     reports = table.column("reports").to_pylist()
     y = np.asarray([1 if lab == task else 0 if lab == f"not_{task}" else int(labels_from_text(rep or [])[task])
                     for lab, rep in zip(labels, reports)], dtype=np.int64)
-    return LabelledSet(signals(table), y)
+    ok = np.asarray(table.column("plausible").to_pylist(), dtype=bool)
+    counts = {str(c): {"generated": int(np.sum(y == c)), "dropped": int(np.sum((y == c) & ~ok)),
+                       "kept": int(np.sum((y == c) & ok))} for c in (0, 1)}
+    return LabelledSet(signals(table)[ok], y[ok]), counts

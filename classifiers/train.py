@@ -1,5 +1,5 @@
 """One trial: train a Net1D classifier on one arm for a fixed step budget, keep the step with the best
-validation AUPRC, and score that model once on the test split.
+validation AUPRC, and score that model once on the test split (and on an external set, if given).
 
 Every arm of a task gets the same budget (optimizer steps, not epochs), so a bigger augmented set does not
 also buy more training. The test split is never looked at before the model is chosen.
@@ -57,8 +57,11 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator):
 
 
 def train_trial(cfg: TrialConfig, train: LabelledSet, val: LabelledSet, test: LabelledSet, minority: int,
-                device: str = "cpu") -> dict:
-    """Train, select on validation, test once; returns the scores and how they were obtained."""
+                device: str = "cpu", external: LabelledSet | None = None) -> dict:
+    """Train, select on validation, test once; returns the scores, how they were obtained, and each test
+    record's P(class 1) (``test_p1``, in the test set's row order) for the paired comparison of arms. With
+    ``external``, the selected model also scores it once (``external``: scores or None if it lacks a class,
+    ``external_p1``)."""
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -86,7 +89,12 @@ def train_trial(cfg: TrialConfig, train: LabelledSet, val: LabelledSet, test: La
             if val_scores["auprc"] > best["val_auprc"]:
                 best = {"val_auprc": val_scores["auprc"], "step": step, "state": copy.deepcopy(model.state_dict())}
     model.load_state_dict(best["state"])
-    test_scores = binary_scores(test.y, predict(model, test.x, device), minority)  # the one look at test
-    return {"trial": cfg.name, "config": asdict(cfg), "minority": minority, "train_counts": train.counts(),
-            "best_step": best["step"], "val_auprc": best["val_auprc"], "test": test_scores, "history": history,
-            "wall_s": round(time.perf_counter() - t0, 2), "device": device}
+    p_test = predict(model, test.x, device)  # the one look at test
+    out = {"trial": cfg.name, "config": asdict(cfg), "minority": minority, "train_counts": train.counts(),
+           "best_step": best["step"], "val_auprc": best["val_auprc"], "test": binary_scores(test.y, p_test, minority),
+           "test_p1": p_test.tolist(), "history": history, "device": device}
+    if external is not None:
+        p_ext = predict(model, external.x, device)
+        both = min(external.counts().values()) > 0
+        out.update(external=binary_scores(external.y, p_ext, minority) if both else None, external_p1=p_ext.tolist())
+    return {**out, "wall_s": round(time.perf_counter() - t0, 2)}

@@ -348,26 +348,36 @@ def augment_eval(
     task: str = typer.Option("af,pvc,abnormal", help="Comma-separated tasks: af, pvc, abnormal."),
     synthetic: Optional[str] = typer.Option(None, help="A `synthgen generate` output to draw synthetic ECGs from "
                                                        "(default: generate them from the training conditions)."),
+    external: Optional[str] = typer.Option(None, help="Prepared shards from another source (e.g. `synthgen prepare "
+                                                      "physionet-challenge`): every trained model also scores all "
+                                                      "of its rows."),
     seeds: int = typer.Option(3, help="Trials per arm (training seeds); mean ± sd over them."),
     epochs: int = typer.Option(20, help="Budget: passes over the real training split, as steps, for every arm."),
-    target_ratio: float = typer.Option(1.0, help="Minority : majority ratio the augmented arm fills up to."),
+    ratios: str = typer.Option("0.25,0.5,1", help="Synthetic : real minority-class ECGs, one augmented arm each."),
     n_synthetic: int = typer.Option(300, help="ECGs per class to generate when --synthetic is not given."),
     model: Optional[str] = typer.Option(None, help="Model bundle for generating (default: the shipped model)."),
     sampler: str = typer.Option("ddpm", help="Sampler for generating: ddpm, ddim or dpm++."),
     sampler_steps: int = typer.Option(100, help="Denoising steps for generating."),
-    seed: int = typer.Option(0, help="Seed of the synthetic set and of the subset the augmented arm adds."),
+    seed: int = typer.Option(0, help="Seed of the synthetic set, of the rows the augmented arms add and of the "
+                                     "bootstrap."),
+    bootstrap: int = typer.Option(2000, help="Bootstrap replicates of the paired 95 % intervals."),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="Trials and sampling on GPUs (default: "
                                                                "if the Ray cluster has or can add any)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     storage_options: Optional[str] = StorageOpt,
 ) -> None:
-    """The downstream experiment: Net1D classifiers on original vs weighted-loss vs synthetic-augmented data."""
+    """The downstream experiment: Net1D classifiers on original vs weighted-loss vs synthetic-augmented data, each
+    arm's paired difference from the original with a 95 % interval and a verdict."""
     from classifiers.experiment import augment_eval as run_augment_eval
 
     tasks = [t.strip() for t in task.split(",") if t.strip()]
-    run_augment_eval(data, out, tasks=tasks, synthetic=synthetic, seeds=seeds, epochs=epochs,
-                     target_ratio=target_ratio, n_synthetic=n_synthetic, model=model, sampler=sampler,
-                     sampler_steps=sampler_steps, seed=seed, gpu=gpu, progress=progress,
+    try:
+        ratio_list = [float(r) for r in ratios.split(",") if r.strip()]
+    except ValueError:
+        raise InputError(f"--ratios {ratios!r}: expected comma-separated numbers, e.g. 0.25,0.5,1") from None
+    run_augment_eval(data, out, tasks=tasks, synthetic=synthetic, external=external, seeds=seeds, epochs=epochs,
+                     ratios=ratio_list, n_synthetic=n_synthetic, model=model, sampler=sampler,
+                     sampler_steps=sampler_steps, seed=seed, bootstrap=bootstrap, gpu=gpu, progress=progress,
                      storage_options=_storage_options(storage_options))
 
 

@@ -20,7 +20,7 @@ from synthgen.ecg import N_SAMPLES
 from synthgen.errors import InputError
 from synthgen.io.paths import StorageOptions
 from synthgen.model.bundle import Bundle, load_bundle
-from synthgen.model.schedulers import make_scheduler
+from synthgen.model.schedulers import epsilon_scaling, make_scheduler
 
 
 class ECGPipeline:
@@ -39,7 +39,10 @@ class ECGPipeline:
         self.latent_scale = float(bundle.config["latent_scale"])
         noise = bundle.config["noise"]  # sample on the schedule the model was trained with
         self.noise = dict(num_train_timesteps=noise["T"], beta_start=noise["beta_start"], beta_end=noise["beta_end"],
-                          prediction_type=noise.get("prediction_type", "epsilon"))  # older bundles: epsilon
+                          prediction_type=noise.get("prediction_type", "epsilon"),  # older bundles: epsilon,
+                          zero_terminal_snr=noise.get("zero_terminal_snr", False))  # and ᾱ_T > 0
+        # Epsilon Scaling factor per sampler, chosen on validation conditions at training (older bundles: none)
+        self.eps_scale: dict[str, float] = bundle.config.get("sampling", {}).get("eps_scale", {})
 
     @classmethod
     def from_bundle(cls, url: str | None = None, storage_options: StorageOptions = None,
@@ -74,8 +77,10 @@ class ECGPipeline:
 
     @torch.inference_mode()
     def __call__(self, conditions: Sequence[Condition], seeds: Sequence[int], sampler: str = "ddpm",
-                 steps: int = 100, guidance: float = 2.0) -> np.ndarray:
-        """float32 (B, 12, 1024) ECGs in mV. ``sampler="ddpm", steps=1000`` is the paper's sampler."""
+                 steps: int = 100, guidance: float = 2.0, eps_scale: float | None = None) -> np.ndarray:
+        """float32 (B, 12, 1024) ECGs in mV. ``sampler="ddpm", steps=1000`` is the paper's sampler.
+        ``eps_scale``: the Epsilon Scaling factor (``model.schedulers.epsilon_scaling``); None takes the
+        bundle's for this sampler (1 = none)."""
         if len(conditions) != len(seeds):
             raise ValueError(f"{len(conditions)} conditions but {len(seeds)} seeds")
         if not conditions:
@@ -87,7 +92,9 @@ class ECGPipeline:
         z = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(self.device)
         z = z * scheduler.init_noise_sigma
         cond = self.encode_conditions(conditions)
+        factor = self.eps_scale.get(sampler, 1.0) if eps_scale is None else float(eps_scale)
         for t in scheduler.timesteps:
-            eps = self.predict_noise(scheduler.scale_model_input(z, t), t, cond, guidance)
-            z = scheduler.step(eps, t, z, generator=generators).prev_sample
+            out = self.predict_noise(scheduler.scale_model_input(z, t), t, cond, guidance)
+            out = epsilon_scaling(out, z, scheduler.alphas_cumprod[int(t)], factor, self.noise["prediction_type"])
+            z = scheduler.step(out, t, z, generator=generators).prev_sample
         return self.vae.decode(z / self.latent_scale).float().cpu().numpy()

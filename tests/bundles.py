@@ -4,7 +4,7 @@ so tests sample through the real ECGPipeline in milliseconds instead of through 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -19,8 +19,9 @@ class TinyBundle(NamedTuple):
     model_hash: str
 
 
-def save_tiny_bundle(url: str, embedder_name: str = "test-hash", dim: int = 16) -> str:
-    """A random bundle (output conv not zero, so conditions matter); returns the model hash."""
+def save_tiny_bundle(url: str, embedder_name: str = "test-hash", dim: int = 16, **config_extra: Any) -> str:
+    """A random bundle (output conv not zero, so conditions matter); returns the model hash. ``config_extra``
+    adds config.json keys (e.g. ``sampling``)."""
     torch.manual_seed(0)
     vae, unet = VAE(TINY_VAE), UNet1D(tiny_unet_config(dim))
     torch.nn.init.normal_(unet.conv_out.weight, std=0.1)
@@ -28,5 +29,5 @@ def save_tiny_bundle(url: str, embedder_name: str = "test-hash", dim: int = 16) 
               "embedder": {"name": embedder_name, "dim": dim},
               "patient_stats": {"age_mean": 60.0, "age_std": 15.0, "hr_mean": 75.0, "hr_std": 15.0},
               "noise": {"T": 1000, "beta_start": 0.00085, "beta_end": 0.012},
-              "data_fingerprint": "test", "training": {"note": "random weights"}}
+              "data_fingerprint": "test", "training": {"note": "random weights"}, **config_extra}
     return save_bundle(url, vae, unet, config, "# Tiny test model\n")

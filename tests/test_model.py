@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from synthgen.model.schedulers import SAMPLERS, make_scheduler
+from synthgen.model.schedulers import SAMPLERS, epsilon_scaling, make_scheduler
 from synthgen.model.unet import UNet1D, UNetConfig
 from synthgen.model.vae import VAE, VAEConfig, kl_divergence
 
@@ -153,6 +153,8 @@ def test_scheduler_names_and_schedule() -> None:
     assert SAMPLERS == ("ddpm", "ddim", "dpm++")
     with pytest.raises(ValueError, match="ddpm, ddim, dpm\\+\\+"):
         make_scheduler("euler")
+    with pytest.raises(ValueError, match="v_prediction"):
+        make_scheduler("ddpm", zero_terminal_snr=True)
     for name in SAMPLERS:
         s = make_scheduler(name)
         assert s.config.num_train_timesteps == 1000 and s.config.prediction_type == "epsilon"
@@ -176,16 +178,19 @@ def test_step_with_exact_noise_recovers_x0() -> None:
     assert torch.allclose(out.prev_sample, ab.sqrt() * x0 + (1 - ab).sqrt() * eps, atol=1e-4)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type, zero_snr", [("epsilon", False), ("v_prediction", False),
+                                                       ("v_prediction", True)])
 @pytest.mark.parametrize("name", SAMPLERS)
-def test_samplers_converge_to_a_single_data_point(name: str, prediction_type: str) -> None:
+def test_samplers_converge_to_a_single_data_point(name: str, prediction_type: str, zero_snr: bool) -> None:
     """With data = one point x0, the optimal eps- (or v-) predictor is known in closed form; every sampler,
-    ancestral or not, must then end at x0."""
+    ancestral or not, must then end at x0 — also when the first step starts from pure noise (ᾱ_T = 0)."""
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(2, 4, 128, generator=g)
-    s = make_scheduler(name, prediction_type=prediction_type)
+    s = make_scheduler(name, prediction_type=prediction_type, zero_terminal_snr=zero_snr)
     assert s.config.prediction_type == prediction_type
     s.set_timesteps(20)
+    if zero_snr:  # trailing spacing starts at the last training step, where nothing of x0 is left
+        assert int(s.timesteps[0]) == 999 and s.alphas_cumprod[999] < 1e-6
     z = torch.randn(x0.shape, generator=g) * s.init_noise_sigma
     for t in s.timesteps:
         ab = s.alphas_cumprod[t]
@@ -193,3 +198,21 @@ def test_samplers_converge_to_a_single_data_point(name: str, prediction_type: st
         out = eps if prediction_type == "epsilon" else ab.sqrt() * eps - (1 - ab).sqrt() * x0
         z = s.step(out, t, z, generator=[torch.Generator().manual_seed(i) for i in range(2)]).prev_sample
     assert torch.allclose(z, x0, atol=2e-2)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_epsilon_scaling_divides_the_implied_noise(prediction_type: str) -> None:
+    """Ning et al. 2024: ε̂ / λ. For v the returned v must imply exactly ε̂ / λ and the x₀ that goes with it."""
+    g = torch.Generator().manual_seed(3)
+    z, out = torch.randn(2, 4, 128, generator=g), torch.randn(2, 4, 128, generator=g)
+    ab = torch.tensor(0.3)
+    a, s = ab.sqrt(), (1 - ab).sqrt()
+    assert epsilon_scaling(out, z, ab, 1.0, prediction_type) is out
+    assert epsilon_scaling(out, z, torch.tensor(0.0), 1.2, prediction_type) is out  # x_T = pure noise
+    scaled = epsilon_scaling(out, z, ab, 1.25, prediction_type)
+    eps = out if prediction_type == "epsilon" else a * out + s * z
+    eps_scaled = scaled if prediction_type == "epsilon" else a * scaled + s * z
+    assert torch.allclose(eps_scaled, eps / 1.25, atol=1e-5)
+    if prediction_type == "v_prediction":  # x₀ = α·x_t − σ·v is consistent with x_t and the scaled ε
+        assert torch.allclose(a * z - s * scaled, (z - s * eps / 1.25) / a, atol=1e-5)
+

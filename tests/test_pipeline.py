@@ -85,3 +85,16 @@ def test_real_local_embedder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert pipe.embedder.name == "local" and pipe.embedder.dim == 384
     out = pipe(CONDITIONS, seeds=[1, 2, 3], steps=2)
     assert out.shape == (3, 12, 1024) and np.isfinite(out).all()
+
+
+def test_pipeline_applies_the_bundles_eps_scale(tmp_path: Path) -> None:
+    """The factor saved in config.json's ``sampling`` is applied per sampler; an explicit one overrides it."""
+    save_tiny_bundle(str(tmp_path / "m"), sampling={"eps_scale": {"ddim": 1.3}})
+    pipe = ECGPipeline(load_bundle(str(tmp_path / "m")), embedder=HashEmbedder())
+    cond, seeds = [Condition(("sinus rhythm",), 50, "F", 70)], [0]
+    bundle_default = pipe(cond, seeds, sampler="ddim", steps=4)
+    assert np.array_equal(bundle_default, pipe(cond, seeds, sampler="ddim", steps=4, eps_scale=1.3))
+    assert not np.array_equal(bundle_default, pipe(cond, seeds, sampler="ddim", steps=4, eps_scale=1.0))
+    assert np.array_equal(pipe(cond, seeds, sampler="dpm++", steps=4),  # no factor saved for dpm++
+                          pipe(cond, seeds, sampler="dpm++", steps=4, eps_scale=1.0))
+

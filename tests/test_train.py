@@ -119,6 +119,12 @@ def test_train_is_killed_and_resumes_then_the_bundle_generates(ptbxl_shards, ray
     assert bundle.config["embedder"]["name"] == "local"
     assert bundle.config["training"]["dataset"]["fingerprint"] == bundle.config["data_fingerprint"]
     assert (out / "bundle" / "MODEL_CARD.md").read_text().count("Best validation") == 1
+    # every tuned sampler got an Epsilon Scaling factor from the grid, with the score of each factor tried
+    tiny = get_preset("tiny")
+    sampling = bundle.config["sampling"]
+    assert set(sampling["eps_scale"]) == {s for s, _ in tiny.eps_scale_samplers}
+    assert all(f in tiny.eps_scale_grid for f in sampling["eps_scale"].values())
+    assert all(len(scores) == len(tiny.eps_scale_grid) for scores in sampling["scores"].values())
     pipe = ECGPipeline(bundle, get_embedder("local", cache=str(cache)))
     ecg = pipe([Condition(("atrial fibrillation",), 70, "M", 110)], seeds=[1], steps=5)
     assert ecg.shape == (1, 12, 1024) and np.isfinite(ecg).all()

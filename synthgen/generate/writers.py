@@ -160,11 +160,15 @@ def write_wfdb_records(fs: fsspec.AbstractFileSystem, out_dir: str, table: pa.Ta
     write_records(fs, out_dir, records)
 
 
-def read_generated(url: str, storage_options: StorageOptions = None) -> pa.Table:
-    """All rows of a `synthgen generate` output (``<url>/shards/part-*.parquet``)."""
+READ_COLUMNS = ("ecg_id", "signal", "reports", "hr", "label")  # what every reader of generated ECGs needs
+
+
+def read_generated(url: str, storage_options: StorageOptions = None,
+                   columns: tuple[str, ...] = READ_COLUMNS) -> pa.Table:
+    """All rows of a `synthgen generate` output (``<url>/shards/part-*.parquet``), ``columns`` of them; a column
+    missing from a part raises pyarrow's ArrowInvalid."""
     fs, root = resolve(url, storage_options)
     parts = sorted(fs.glob(join(root, "shards", "part-*.parquet")))
     if not parts:
         raise InputError(f"{url}: no generated shards (shards/part-*.parquet); is it a `synthgen generate` output?")
-    return pa.concat_tables([read_parquet(fs, path, ["ecg_id", "signal", "reports", "hr", "label"])
-                             for path in parts])
+    return pa.concat_tables([read_parquet(fs, path, list(columns)) for path in parts])

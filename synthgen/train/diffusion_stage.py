@@ -88,6 +88,27 @@ def sample_score(ecgs: Any, requested_hr: Any) -> dict[str, float]:
             "hr_mae": mae, "score": mae + 100.0 * float(bad)}
 
 
+def choose_eps_scale(pipeline: ECGPipeline, conditions: list[Condition], samplers: tuple[tuple[str, int], ...],
+                     grid: tuple[float, ...], guidance: float) -> dict[str, Any]:
+    """The Epsilon Scaling factor (``model.schedulers.epsilon_scaling``) with the lowest ``sample_score`` per
+    sampler, on the check conditions with seeds 0…n−1: ``{"eps_scale": {sampler: factor}, "steps": {sampler:
+    steps}, "scores": {sampler: {factor: score}}}`` for config.json's ``sampling``. Ancestral and ODE samplers
+    drift differently, so each gets its own factor (Ning et al. 2024 tune it per sampler and step count)."""
+    requested = [float("nan") if c.hr is None else float(c.hr) for c in conditions]
+    seeds = list(range(len(conditions)))
+    out: dict[str, Any] = {"eps_scale": {}, "steps": {}, "scores": {}}
+    for sampler, steps in samplers:
+        scores = {}
+        for factor in grid:
+            ecgs = pipeline(conditions, seeds, sampler=sampler, steps=steps, guidance=guidance, eps_scale=factor)
+            scores[str(factor)] = round(sample_score(ecgs, requested)["score"], 3)
+            print(f"[diffusion] eps scale {factor:g} with {sampler}-{steps}: sample score {scores[str(factor)]}",
+                  flush=True)
+        out["eps_scale"][sampler] = float(min(scores, key=scores.get))
+        out["steps"][sampler], out["scores"][sampler] = steps, scores
+    return out
+
+
 def diffusion_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -100,7 +121,8 @@ def diffusion_worker(config: dict[str, Any]) -> None:
     vae = vae.to(device).eval().requires_grad_(False)
     scale = float(config["latent_scale"])
     embedder = get_embedder(config["embedder"], cache=config["cache"], storage_options=config["storage_options"])
-    scheduler = make_scheduler("ddpm", tc.num_timesteps, tc.beta_start, tc.beta_end)
+    scheduler = make_scheduler("ddpm", tc.num_timesteps, tc.beta_start, tc.beta_end, tc.prediction_type,
+                               tc.zero_terminal_snr)
     alphas = scheduler.alphas_cumprod.to(device)
 
     unet = UNet1D(UNetConfig(**config["unet_model"]))
@@ -113,8 +135,7 @@ def diffusion_worker(config: dict[str, Any]) -> None:
     sampling = ECGPipeline(
         Bundle(vae, ema.model, {"embedder": {"name": embedder.name, "dim": embedder.dim},
                                 "patient_stats": config["patient_stats"], "latent_scale": scale,
-                                "noise": {"T": tc.num_timesteps, "beta_start": tc.beta_start,
-                                          "beta_end": tc.beta_end, "prediction_type": tc.prediction_type}},
+                                "noise": tc.noise()},
                "training", ""),
         embedder=embedder, device=device)
     train_shard = ray.train.get_dataset_shard("train")
@@ -146,7 +167,7 @@ def diffusion_worker(config: dict[str, Any]) -> None:
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
         ema.update(unwrap(unet))
-        return float(loss)
+        return loss.item()
 
     @torch.no_grad()
     def validate(epoch: int) -> dict[str, float]:

@@ -36,9 +36,10 @@ class TrainConfig:
     p_uncond: float = 0.1            # drop every condition (classifier-free guidance)
     p_drop_text: float = 0.05        # drop the report alone
     p_drop_feature: float = 0.1      # drop each of age / sex / hr alone (teaches "missing")
-    # "epsilon" (the shipped model's) or "v_prediction" (Salimans & Ho 2022); v did not remove the flat mode
-    # in 45 epochs here (docs/model.md), but few-step students need it.
+    # "epsilon" or "v_prediction" (Salimans & Ho 2022; the shipped model's, and what few-step students need).
     prediction_type: str = "epsilon"
+    # ᾱ_T = 0 and trailing sampling steps (Lin et al. 2024; needs v_prediction): see model/schedulers.py.
+    zero_terminal_snr: bool = False
     num_timesteps: int = 1000
     beta_start: float = 0.00085
     beta_end: float = 0.012
@@ -48,28 +49,41 @@ class TrainConfig:
     sample_check_n: int = 32
     sample_check_samplers: tuple[tuple[str, int], ...] = (("ddpm", 100), ("dpm++", 20))
     sample_check_guidance: float = 2.0
+    # Epsilon Scaling factors tried per sampler on the same conditions once the weights are chosen; the best
+    # is saved in the bundle (config.json: sampling.eps_scale) and applied by the pipeline.
+    eps_scale_grid: tuple[float, ...] = (1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3)
+    eps_scale_samplers: tuple[tuple[str, int], ...] = (("ddpm", 100), ("dpm++", 20), ("ddim", 50))
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def noise(self) -> dict[str, Any]:
+        """The noise schedule as the bundle records it (``config.json: noise``); samplers rebuild it from this."""
+        return {"T": self.num_timesteps, "beta_start": self.beta_start, "beta_end": self.beta_end,
+                "prediction_type": self.prediction_type, "zero_terminal_snr": self.zero_terminal_snr}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
         d["vae"] = StageConfig(**d["vae"])
         d["diffusion"] = StageConfig(**d["diffusion"])
-        d["sample_check_samplers"] = tuple((str(a), int(b)) for a, b in d["sample_check_samplers"])
+        for key in ("sample_check_samplers", "eps_scale_samplers"):
+            d[key] = tuple((str(a), int(b)) for a, b in d[key])
+        d["eps_scale_grid"] = tuple(float(f) for f in d["eps_scale_grid"])
         return cls(**d)
 
 
 def _small() -> TrainConfig:
     # A slimmer VAE than VAEConfig's default: ~100 ECG/s training on 2 cores (the default runs at ~40).
     # The shipped model's settings. kl_weight stays 1e-3: at 1e-4 no latent channel collapsed and R² rose
-    # 0.67 -> 0.71, but samples were near-flat ~60 % of the time at every check up to epoch 95
-    # (docs/model.md, "What we measured").
+    # 0.67 -> 0.71, but samples were near-flat ~60 % of the time at every check up to epoch 95. v-prediction
+    # on a zero-terminal-SNR schedule, then Epsilon Scaling chosen per sampler (docs/model.md, "What we
+    # measured").
     return TrainConfig(preset="small", vae_model={"base_channels": 24, "n_res_blocks": 1},
                        vae=StageConfig(epochs=25, batch_size=32, lr=2e-3),
-                       diffusion=StageConfig(epochs=50, batch_size=32, lr=5e-4))
+                       diffusion=StageConfig(epochs=80, batch_size=32, lr=5e-4),
+                       prediction_type="v_prediction", zero_terminal_snr=True)
 
 
 def _paper() -> TrainConfig:
@@ -97,6 +111,8 @@ def _tiny() -> TrainConfig:
         sample_check_every=1,
         sample_check_n=4,
         sample_check_samplers=(("ddpm", 4), ("dpm++", 3)),
+        eps_scale_grid=(1.0, 1.2),
+        eps_scale_samplers=(("ddpm", 4), ("dpm++", 3)),
     )
 
 

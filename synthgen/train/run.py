@@ -131,7 +131,10 @@ def _run_diffusion(ctx: dict, vae_info: dict) -> str:
     from synthgen.model.bundle import save_bundle
     from synthgen.model.unet import UNet1D, UNetConfig
     from synthgen.model.vae import VAE, VAEConfig
-    from synthgen.train.diffusion_stage import diffusion_worker
+    from synthgen.conditions.spec import Condition
+    from synthgen.model.bundle import Bundle
+    from synthgen.pipeline import ECGPipeline
+    from synthgen.train.diffusion_stage import choose_eps_scale, diffusion_worker
 
     tc: TrainConfig = ctx["tc"]
     bundle_url = join(ctx["out"], "bundle")
@@ -164,11 +167,13 @@ def _run_diffusion(ctx: dict, vae_info: dict) -> str:
         "vae": vae_info["vae_model"], "unet": ctx["unet_model"], "latent_scale": vae_info["latent_scale"],
         "embedder": {"name": ctx["embedder"].name, "dim": ctx["embedder"].dim},
         "patient_stats": ctx["stats"].to_dict(),
-        "noise": {"T": tc.num_timesteps, "beta_start": tc.beta_start, "beta_end": tc.beta_end,
-                  "prediction_type": tc.prediction_type},
+        "noise": tc.noise(),
         "data_fingerprint": ctx["dataset_info"].get("fingerprint"), "synthgen_version": __version__,
         "training": training,
     }
+    pipeline = ECGPipeline(Bundle(vae, unet, bundle_config, "training", ""), embedder=ctx["embedder"])
+    bundle_config["sampling"] = choose_eps_scale(pipeline, [Condition(**c) for c in config["check_conditions"]],
+                                                 tc.eps_scale_samplers, tc.eps_scale_grid, tc.sample_check_guidance)
     save_bundle(bundle_url, vae, unet, bundle_config, model_card(bundle_config, ctx["command"]),
                 storage_options=ctx["storage_options"])
     print(f"[diffusion] done: best sample score {progress['best_val']:.5f} at epoch {progress['best_epoch'] + 1}, "
@@ -219,9 +224,10 @@ def model_card(config: dict, command: str) -> str:
 - Epochs: {t['vae']['epochs']}, steps: {t['vae']['steps']}, wall time: {t['vae']['seconds']} s
 - Best validation loss (MSE + λ·KL on the validation split): {t['vae']['best_val_loss']:.5f} at epoch {t['vae']['best_epoch']}
 
-## Stage 2: latent diffusion (DDPM, T={config['noise']['T']}, linear β {config['noise']['beta_start']}…{config['noise']['beta_end']}, {config['noise']['prediction_type']}, EMA)
+## Stage 2: latent diffusion (DDPM, T={config['noise']['T']}, linear β {config['noise']['beta_start']}…{config['noise']['beta_end']}, {config['noise']['prediction_type']}{', zero terminal SNR' if config['noise'].get('zero_terminal_snr') else ''}, EMA)
 - Epochs: {t['diffusion']['epochs']}, steps: {t['diffusion']['steps']}, wall time: {t['diffusion']['seconds']} s
 - Kept weights (EMA, with warm-up): epoch {t['diffusion']['best_epoch']}, the lowest sample score {t['diffusion']['best_sample_score']:.3f} (HR MAE in bpm + 100 × share of near-flat or HR-unmeasurable ECGs, {config['training']['config']['sample_check_n']} validation conditions, samplers {config['training']['config']['sample_check_samplers']}, guidance {config['training']['config']['sample_check_guidance']})
+- Epsilon Scaling (Ning et al. 2024), chosen on the same conditions and applied by the pipeline: {config.get('sampling', {}).get('eps_scale', 'none')} (sample score per factor: {config.get('sampling', {}).get('scores', {})})
 
 ## Reproduce
 ```

@@ -49,7 +49,7 @@ def vae_worker(config: dict[str, Any]) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return loss.item()
 
     @torch.no_grad()
     def validate(epoch: int) -> dict[str, float]:
