@@ -10,7 +10,8 @@ removed after the step. As on the clusters in infra/, ``SYNTHGEN_MAX_GPUS=2`` sa
 private, so no other `ray.init()` on this host finds this cluster. Steps, each started with no GPU:
 
 1. `generate` (gpu unset) of 4 ECGs (AF / non-AF conditions), 2 shards: two sampler actors;
-2. `augment-eval` (gpu unset) on the AF task, one seed, with that synthetic set: four trials.
+2. `augment-eval` (gpu unset) on the AF task, one seed, with that synthetic set: two trials (original,
+   weighted; none of the tiny model's ECGs is plausible, so no arm trains on them).
 
 Data: a tiny shard set (8 records; `RECORDS`), so the trials train in seconds.
 Prints one JSON line: the GPUs alive when each step started, the GPU requests that were pending before the
@@ -138,7 +139,9 @@ def run(model: str, out: Path) -> dict:
             progress=False))
         report["generate_devices"] = summary["devices"]
         report["gpus_before_augment_eval"] = gpus_now(ray)
-        with_late_gpu_node(cluster, 4, report["trial_requests"], lambda: augment_eval(
+        # two trials (original and weighted arms): the tiny model's ECGs all fail the plausibility check, so no
+        # synthetic or augmented arm has ECGs to train on
+        with_late_gpu_node(cluster, 2, report["trial_requests"], lambda: augment_eval(
             shards, str(out / "augment-eval"), tasks=["af"], synthetic=str(out / "generate"), seeds=1, epochs=1,
             batch_size=4, progress=False))
         report["trial_devices"] = pd.read_csv(out / "augment-eval" / "trials.csv")["device"].tolist()

@@ -83,7 +83,8 @@ def test_generate_and_augment_eval_ask_for_gpus_and_wait_for_them(tiny_bundle, t
     assert report["gpus_before_generate"] == 0
     assert report["generate_requests"] == [one_gpu, one_gpu]
     assert report["generate_devices"] and all(d.startswith("cpu (Ray GPU ") for d in report["generate_devices"])
-    # augment-eval: no GPU at start again; its four trials asked for one GPU each and ran with it
+    # augment-eval: no GPU at start again; its two trials (original, weighted) asked for one GPU each and ran
+    # with it
     assert report["gpus_before_augment_eval"] == 0
-    assert report["trial_requests"] == [one_gpu] * 4
-    assert len(report["trial_devices"]) == 4 and all(d.startswith("cpu (Ray GPU ") for d in report["trial_devices"])
+    assert report["trial_requests"] == [one_gpu] * 2
+    assert len(report["trial_devices"]) == 2 and all(d.startswith("cpu (Ray GPU ") for d in report["trial_devices"])
