@@ -34,7 +34,7 @@ from synthgen.errors import InputError
 MAX_GPUS_ENV = "SYNTHGEN_MAX_GPUS"      # GPUs the cluster's autoscaler can add (infra/ sets it on the head)
 TORCH_DEVICE_ENV = "SYNTHGEN_TORCH_DEVICE"  # force the torch device of sampler actors and trials (e.g. cpu)
 VERBOSE_ENV = "SYNTHGEN_VERBOSE"      # "1": Ray's own lines on the console too (`synthgen --verbose` sets it)
-LOG_DIR_ENV = "SYNTHGEN_LOG_DIR"      # where a quiet session's Ray log file goes (default: <tmp>/synthgen/logs)
+LOG_DIR_ENV = "SYNTHGEN_LOG_DIR"      # where a quiet session's Ray log file goes (default: <tmp>/synthgen-logs)
 
 # (console stream, Ray log file) of the quiet session running in this context, if any
 _QUIET: contextvars.ContextVar[tuple[TextIO, str] | None] = contextvars.ContextVar("synthgen_quiet", default=None)
@@ -80,7 +80,9 @@ def ray_log_path() -> str | None:
 
 
 def _new_log_path() -> str:
-    folder = os.environ.get(LOG_DIR_ENV) or os.path.join(tempfile.gettempdir(), "synthgen", "logs")
+    # Not <tmp>/synthgen: a folder named like the package, in a directory on sys.path (a script's, or Ray's
+    # workers' cwd), shadows an editable install as a namespace package.
+    folder = os.environ.get(LOG_DIR_ENV) or os.path.join(tempfile.gettempdir(), "synthgen-logs")
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, f"ray-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
 

@@ -43,3 +43,19 @@ def test_generate_prints_only_synthgen_lines_and_ray_logs_to_a_file(tmp_path, ti
     assert [Path(p).parent for p in named] == [logs]
     text = Path(named[0]).read_text()
     assert "Started a local Ray instance" in text, text[-2000:]
+
+
+def test_default_log_folder_does_not_shadow_the_package(tmp_path, monkeypatch) -> None:
+    """The default log folder lives in the temp dir; named `synthgen`, it would be imported as a namespace
+    package by any script or Ray worker with the temp dir on sys.path, in place of an editable install."""
+    import tempfile
+
+    from synthgen.cluster import LOG_DIR_ENV, _new_log_path
+
+    monkeypatch.delenv(LOG_DIR_ENV, raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    path = Path(_new_log_path())
+    assert path.parent.parent == tmp_path and not (tmp_path / "synthgen").exists()
+    probe = subprocess.run([sys.executable, "-c", "import synthgen; print(synthgen.__version__)"], cwd=tmp_path,
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert probe.returncode == 0, probe.stderr[-2000:]
