@@ -101,9 +101,11 @@ def choose_eps_scale(pipeline: ECGPipeline, conditions: list[Condition], sampler
         scores = {}
         for factor in grid:
             ecgs = pipeline(conditions, seeds, sampler=sampler, steps=steps, guidance=guidance, eps_scale=factor)
-            scores[str(factor)] = round(sample_score(ecgs, requested)["score"], 3)
-            print(f"[diffusion] eps scale {factor:g} with {sampler}-{steps}: sample score {scores[str(factor)]}",
-                  flush=True)
+            found = sample_score(ecgs, requested)
+            scores[str(factor)] = round(found["score"], 3)
+            print(f"[diffusion] eps scale {factor:g} with {sampler}-{steps}: sample score {found['score']:.3f} "
+                  f"(near-flat {found['near_flat']:.3f}, HR unmeasurable {found['hr_unmeasurable']:.3f}, "
+                  f"HR MAE {found['hr_mae']:.2f} bpm)", flush=True)
         out["eps_scale"][sampler] = float(min(scores, key=scores.get))
         out["steps"][sampler], out["scores"][sampler] = steps, scores
     return out
