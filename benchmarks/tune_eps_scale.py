@@ -29,6 +29,13 @@ def parse_sampler(text: str) -> tuple[str, int, tuple[float, ...]]:
     return name, int(steps), tuple(float(g) for g in grid.split(","))
 
 
+def retuned_note(sampling: dict) -> str:
+    """The model card's section on retuned factors (the card is not hashed; config.json is)."""
+    return (f"\n## Epsilon Scaling retuned\nOn {sampling['tuned_on']}, rule `train.diffusion_stage.pick_eps_scale`: "
+            f"{sampling['eps_scale']} (sample score per factor: {sampling['scores']}). These supersede the factors "
+            "above.\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="training shards (their validation split is used)")
@@ -52,12 +59,13 @@ def main() -> None:
         for key in sampling:
             sampling[key].update(found[key])
         print(f"{name}-{steps}: chosen {found['eps_scale'][name]:g} ({time.perf_counter() - start:.0f} s)", flush=True)
+    sampling["tuned_on"] = (f"{len(conditions)} validation conditions of {args.data} "
+                            f"(benchmarks/tune_eps_scale.py), guidance {args.guidance:g}")
     if args.write:
         bundle = pipeline.bundle
         fs, root = resolve(bundle.url, None)
         card = read_bundle_file(fs, root, CARD_FILE, bundle.url).decode()
-        card += (f"\n## Epsilon Scaling retuned\n`benchmarks/tune_eps_scale.py` on {len(conditions)} validation "
-                 f"conditions, guidance {args.guidance:g}: {sampling['eps_scale']} (scores {sampling['scores']})\n")
+        card += retuned_note(sampling)
         config = {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")}
         model_hash = save_bundle(args.write, bundle.vae, bundle.unet, {**config, "sampling": sampling}, card)
         print(f"wrote {join(args.write, 'config.json')} (model hash {model_hash})")
