@@ -221,12 +221,14 @@ def generate(
     storage_options: Optional[str] = StorageOpt,
 ) -> None:
     """Sample ECGs for every condition spec of a manifest with Ray actors; resumable, exactly once."""
-    from synthgen.generate.run import generate as run_generate
+    from synthgen.generate.config import GenerateConfig
+    from synthgen.generate.run import run_generate
 
-    run_generate(manifest, out, n, model=model, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                 batch_size=batch_size, actors=actors, shard_size=shard_size, output_format=output_format.value,
-                 wfdb_fs=wfdb_fs, gpu=gpu, progress=progress, replace_implausible=replace_implausible,
-                 storage_options=_storage_options(storage_options))
+    run_generate(GenerateConfig(manifest, out, n, model=model, sampler=sampler, steps=steps, guidance=guidance,
+                                seed=seed, batch_size=batch_size, actors=actors, shard_size=shard_size,
+                                output_format=output_format.value, wfdb_fs=wfdb_fs, gpu=gpu, progress=progress,
+                                replace_implausible=replace_implausible,
+                                storage_options=_storage_options(storage_options)))
 
 
 @manifest_app.command("minority")

@@ -27,7 +27,7 @@ from synthgen.conditions.prompts import ordered_prompt
 from synthgen.errors import InputError
 from synthgen.io.paths import StorageOptions, join, read_bundle_file, resolve, write_bytes_atomic
 from synthgen.io.shards import read_shards, read_summary, signals
-from synthgen.evaluate.net1d import ClipModel, Net1DConfig
+from synthgen.model.net1d import ClipModel, Net1DConfig
 
 CONFIG_FILE = "config.json"
 CARD_FILE = "MODEL_CARD.md"

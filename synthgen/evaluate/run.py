@@ -27,13 +27,13 @@ from synthgen.evaluate import metrics as M
 from synthgen.evaluate.encoder import Encoder, load_encoder, prompts_of
 from synthgen.evaluate.peers import PEERS, get_peer, peer_signals, write_peer_set
 from synthgen.evaluate.plot import plot_ecg
-from synthgen.generate.writers import read_generated
 from synthgen.io.paths import StorageOptions, check_writable, join, resolve, write_bytes_atomic, write_json_atomic
-from synthgen.io.shards import read_shards, signals
+from synthgen.io.generated import read_generated
+from synthgen.io.shards import LABELS, read_shards, signals
 from synthgen.model.bundle import shipped_bundle_url
 
 SCHEMA = "evaluation-v1"
-REAL_COLUMNS = ["ecg_id", "signal", "reports", "hr", "af", "pvc", "abnormal"]
+REAL_COLUMNS = ["ecg_id", "signal", "reports", "hr", *LABELS]
 N_STATEMENTS = 6   # most frequent report statements of the real split that get their own CLIP score
 N_EXAMPLES = 3     # generated ECGs drawn in the report
 METRICS = {  # key → (label, which way is better)
@@ -68,7 +68,7 @@ def _side(enc: Encoder, x: np.ndarray, text: np.ndarray, requested_hr: np.ndarra
 
 def _real_masks(table: pa.Table, statements: list[str]) -> dict[str, np.ndarray]:
     """Label masks of real rows, from the shards' labels (generated rows get theirs from `metrics.label_masks`)."""
-    flags = {k: table.column(k).to_numpy(zero_copy_only=False).astype(bool) for k in ("af", "pvc", "abnormal")}
+    flags = {k: table.column(k).to_numpy(zero_copy_only=False).astype(bool) for k in LABELS}
     return M.masks_from_flags(flags, table.column("reports").to_pylist(), statements)
 
 
