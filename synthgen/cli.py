@@ -218,11 +218,11 @@ def _train(stage: str, data: str, out: str, preset: str, workers: int, gpu: Opti
     import sys
 
     from synthgen.io.paths import shown_command
-    from synthgen.train.run import train
+    from synthgen.train.run import TrainRunConfig, run_train
 
-    url = train(stage, data, out, preset=preset, workers=workers, gpu=gpu, embedder=embedder, cache=cache,
-                seed=seed, storage_options=_storage_options(storage_options),
-                command=shown_command("synthgen", sys.argv[1:]))
+    url = run_train(TrainRunConfig(stage, data, out, preset=preset, workers=workers, gpu=gpu, embedder=embedder,
+                                   cache=cache, seed=seed, storage_options=_storage_options(storage_options),
+                                   command=shown_command("synthgen", sys.argv[1:])))
     typer.echo(url)
 
 
