@@ -38,7 +38,7 @@ def run(out: str, conditions: list[str] | None, per_condition: int, model: str |
     from synthgen.evaluate.metrics import clip_scores
     from synthgen.generate.manifest import build_describe_manifest
     from synthgen.generate.run import generate
-    from synthgen.generate.writers import read_generated
+    from synthgen.io.generated import read_generated
     from synthgen.io.shards import signals
     from synthgen.model.bundle import shipped_bundle_url
 

@@ -15,11 +15,11 @@ import pyarrow as pa
 
 from synthgen.data.labels import labels_from_text
 from synthgen.errors import InputError
-from synthgen.generate.writers import READ_COLUMNS, read_generated
+from synthgen.io.generated import READ_COLUMNS, read_generated
 from synthgen.io.paths import StorageOptions
-from synthgen.io.shards import read_shards, signals
+from synthgen.io.shards import LABELS, read_shards, signals
 
-TASKS = ("af", "pvc", "abnormal")
+TASKS = LABELS  # one binary classification task per label column of the shards
 SPLITS = ("train", "val", "test")
 
 

@@ -49,7 +49,8 @@ def generate_synthetic(data: str, task: str, out: str, n_per_class: int, *, mode
     Conditions are spread evenly over a shuffled list of the class's training records, so a small
     ``n_per_class`` still covers many different reports and patients.
     """
-    from synthgen.generate.run import generate
+    from synthgen.generate.config import GenerateConfig
+    from synthgen.generate.run import run_generate
 
     rng = np.random.default_rng(seed)
     parts = []
@@ -61,8 +62,8 @@ def generate_synthetic(data: str, task: str, out: str, n_per_class: int, *, mode
     manifest = join(out, "synthetic", f"{task}-manifest.csv")
     write_manifest(pd.concat(parts, ignore_index=True), manifest, storage_options)
     target = join(out, "synthetic", task)
-    generate(manifest, target, model=model, sampler=sampler, steps=steps, seed=seed, gpu=gpu,
-             storage_options=storage_options, progress=progress)
+    run_generate(GenerateConfig(manifest, target, model=model, sampler=sampler, steps=steps, seed=seed, gpu=gpu,
+                                storage_options=storage_options, progress=progress))
     return target
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from synthgen.evaluate.net1d import Net1D, Net1DConfig
+from synthgen.model.net1d import Net1D, Net1DConfig
 
 
 class Net1DClassifier(nn.Module):

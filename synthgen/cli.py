@@ -5,6 +5,10 @@ Errors are mapped once, for every command, in ``_Commands.invoke``: bad input (`
 exit 2; storage, network, credential and permission failures (``synthgen.errors.outside_failure``) → one line
 naming the target and the cause, exit 1; ``synthgen --debug …`` prints the traceback as well. Anything else is
 a bug and keeps its traceback.
+
+Every command also takes ``--config FILE`` (``ConfigOpt``): a YAML mapping whose keys are the command's
+option names, which flags on the command line override. It is the one front door for `ray job submit` too:
+``-- synthgen generate --config jobs/configs/generate.yaml`` or the one-line wrappers in jobs/ (``job``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,71 @@ class _Commands(TyperGroup):
             if line is None:
                 raise
             _fail(ctx, e, f"error: {line}", 1, hint=" (rerun as `synthgen --debug …` for the traceback)")
+
+
+SECRET_OPTIONS = ("key", "secret", "token")  # never in a --config file: it is checked in
+
+
+def _option_keys(command: click.Command) -> dict[str, str]:
+    """YAML key → parameter name for every option of ``command``: the long flag without its dashes
+    (``--batch-size`` → ``batch-size``, ``--format`` → ``format``; for ``--gpu/--cpu`` the key is ``gpu``)."""
+    keys = {}
+    for param in command.params:
+        if param.param_type_name == "option" and param.name != "config":
+            long = next((o for o in param.opts if o.startswith("--")), None)
+            if long:
+                keys[long[2:]] = param.name
+    return keys
+
+
+def _yaml_value(value: object) -> object:
+    """A YAML value as the option's command-line text would give it: a mapping as JSON (``--storage-options``),
+    a list comma-separated (``--task``, ``--ratios``, ``--peers``); anything else as it is."""
+    if isinstance(value, dict):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def _read_config(ctx: typer.Context, path: Optional[str]) -> Optional[str]:
+    """``--config FILE``: its keys become the command's defaults (``ctx.default_map``), so a flag given on the
+    command line wins and an option given nowhere keeps its own default. Eager: runs before the other options."""
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise InputError(f"--config {path}: {' '.join(str(e).split())}") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"--config {path}: expected a mapping of option names (e.g. batch-size: 64)")
+    keys = _option_keys(ctx.command)
+    for key in doc:
+        if key not in keys:
+            raise InputError(f"--config {path}: unknown key {key!r} (not an option of `{ctx.command_path}`); "
+                             f"known: {', '.join(keys)}")
+    secrets = sorted(set(doc.get("storage-options") or {}) & set(SECRET_OPTIONS))
+    if secrets:
+        raise InputError(f"--config {path}: storage-options.{secrets[0]}: credentials do not belong in a config "
+                         "file; use AWS_* environment variables, ~/.aws/config or --storage-options")
+    ctx.default_map = {**(ctx.default_map or {}),
+                       **{keys[k]: _yaml_value(v) for k, v in doc.items() if v is not None}}
+    return path
+
+
+ConfigOpt = typer.Option(None, "--config", metavar="FILE", is_eager=True, callback=_read_config,
+                         help="YAML file of option values (keys = option names, e.g. batch-size: 64); "
+                              "flags override it.")
+
+
+def job(command: str) -> None:
+    """Entry point of the jobs/ wrappers: ``python jobs/X.py ARGS`` runs ``synthgen COMMAND ARGS`` — the same
+    options, ``--config``, one-line errors and exit codes (``SYNTHGEN_DEBUG=1`` adds the traceback)."""
+    sys.argv = ["synthgen", *command.split(), *sys.argv[1:]]  # also what `train` records as its command
+    app(prog_name="synthgen")
 
 
 def _fail(ctx: click.Context, error: BaseException, line: str, code: int, hint: str = "") -> None:
@@ -70,7 +139,8 @@ def _storage_options(value: Optional[str]) -> Optional[dict]:
 
 
 @app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="On an error, print the full traceback too."),
+def _options(debug: bool = typer.Option(False, "--debug", envvar="SYNTHGEN_DEBUG",
+                                        help="On an error, print the full traceback too."),
              verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own log lines on the console too "
                                                                    "(by default they go to a log file).")
              ) -> None:
@@ -91,6 +161,7 @@ def prepare_ptbxl(
     out: str = typer.Option(..., help="Output folder or s3:// URL for the shards."),
     workers: Optional[int] = typer.Option(None, help="Parallel workers (default: all CPUs)."),
     storage_options: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,
 ) -> None:
     from synthgen.data.prepare import prepare
 
@@ -104,6 +175,7 @@ def prepare_mimic(
     patients: Optional[str] = typer.Option(None, help="MIMIC-IV hosp/patients.csv(.gz) for age and sex."),
     workers: Optional[int] = typer.Option(None, help="Parallel workers (default: all CPUs)."),
     storage_options: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,
 ) -> None:
     from synthgen.data.prepare import prepare
 
@@ -118,6 +190,7 @@ def prepare_wfdb(
     out: str = typer.Option(..., help="Output folder or s3:// URL for the shards."),
     workers: Optional[int] = typer.Option(None, help="Parallel workers (default: all CPUs)."),
     storage_options: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,
 ) -> None:
     from synthgen.data.prepare import prepare
 
@@ -132,6 +205,7 @@ def prepare_physionet_challenge(
     out: str = typer.Option(..., help="Output folder or s3:// URL for the shards."),
     workers: Optional[int] = typer.Option(None, help="Parallel workers (default: all CPUs)."),
     storage_options: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,
 ) -> None:
     from synthgen.data.prepare import prepare
 
@@ -144,11 +218,11 @@ def _train(stage: str, data: str, out: str, preset: str, workers: int, gpu: Opti
     import sys
 
     from synthgen.io.paths import shown_command
-    from synthgen.train.run import train
+    from synthgen.train.run import TrainRunConfig, run_train
 
-    url = train(stage, data, out, preset=preset, workers=workers, gpu=gpu, embedder=embedder, cache=cache,
-                seed=seed, storage_options=_storage_options(storage_options),
-                command=shown_command("synthgen", sys.argv[1:]))
+    url = run_train(TrainRunConfig(stage, data, out, preset=preset, workers=workers, gpu=gpu, embedder=embedder,
+                                   cache=cache, seed=seed, storage_options=_storage_options(storage_options),
+                                   command=shown_command("synthgen", sys.argv[1:])))
     typer.echo(url)
 
 
@@ -166,7 +240,8 @@ SeedOpt = typer.Option(0, help="Random seed.")
 @train_app.command("vae")
 def train_vae(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, workers: int = WorkersOpt,
               gpu: Optional[bool] = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
-              seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt) -> None:
+              seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt,
+              config: Optional[str] = ConfigOpt) -> None:
     """Stage 1: the VAE. Rerun the same command to resume after a kill."""
     _train("vae", data, out, preset, workers, gpu, embedder, cache, seed, storage_options)
 
@@ -174,7 +249,8 @@ def train_vae(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, w
 @train_app.command("diffusion")
 def train_diffusion(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, workers: int = WorkersOpt,
                     gpu: Optional[bool] = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
-                    seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt) -> None:
+                    seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt,
+              config: Optional[str] = ConfigOpt) -> None:
     """Stage 2: the latent diffusion model (needs the stage-1 VAE in --out). Writes OUT/bundle."""
     _train("diffusion", data, out, preset, workers, gpu, embedder, cache, seed, storage_options)
 
@@ -182,7 +258,8 @@ def train_diffusion(data: str = DataOpt, out: str = OutOpt, preset: str = Preset
 @train_app.command("all")
 def train_all(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, workers: int = WorkersOpt,
               gpu: Optional[bool] = GpuOpt, embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt,
-              seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt) -> None:
+              seed: int = SeedOpt, storage_options: Optional[str] = StorageOpt,
+              config: Optional[str] = ConfigOpt) -> None:
     """Both stages; finished stages are skipped, a killed one resumes."""
     _train("all", data, out, preset, workers, gpu, embedder, cache, seed, storage_options)
 
@@ -219,14 +296,17 @@ def generate(
                                                      "from the requested HR, …) up to this many times from the "
                                                      "next seeds of its own stream; every row is flagged anyway."),
     storage_options: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,
 ) -> None:
     """Sample ECGs for every condition spec of a manifest with Ray actors; resumable, exactly once."""
-    from synthgen.generate.run import generate as run_generate
+    from synthgen.generate.config import GenerateConfig
+    from synthgen.generate.run import run_generate
 
-    run_generate(manifest, out, n, model=model, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                 batch_size=batch_size, actors=actors, shard_size=shard_size, output_format=output_format.value,
-                 wfdb_fs=wfdb_fs, gpu=gpu, progress=progress, replace_implausible=replace_implausible,
-                 storage_options=_storage_options(storage_options))
+    run_generate(GenerateConfig(manifest, out, n, model=model, sampler=sampler, steps=steps, guidance=guidance,
+                                seed=seed, batch_size=batch_size, actors=actors, shard_size=shard_size,
+                                output_format=output_format.value, wfdb_fs=wfdb_fs, gpu=gpu, progress=progress,
+                                replace_implausible=replace_implausible,
+                                storage_options=_storage_options(storage_options)))
 
 
 @manifest_app.command("minority")
@@ -236,6 +316,7 @@ def manifest_minority(
     out: str = typer.Option(..., help="Manifest to write (.csv or .parquet; local or s3://)."),
     split: str = typer.Option("train", help="Split whose records' conditions are used."),
     storage_options: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,
 ) -> None:
     """A manifest from the conditions of real minority-class records (as the paper augments)."""
     from synthgen.generate.manifest import build_minority_manifest
@@ -251,6 +332,7 @@ def manifest_split(
     split: str = typer.Option("test", help="Split whose records' conditions are used (train, val, test)."),
     out: str = typer.Option(..., help="Manifest to write (.csv or .parquet; local or s3://)."),
     storage_options: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,
 ) -> None:
     """A manifest of every record's conditions in a split: generate on the test conditions, then evaluate."""
     from synthgen.generate.manifest import class_conditions, write_manifest
@@ -280,6 +362,7 @@ def manifest_describe(
                                     "training statements (loads the local text embedder, ~7 s)."),
     list_: bool = typer.Option(False, "--list", help="List the curated conditions and exit."),
     storage_options: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,
 ) -> None:
     """Stage 1 for rare conditions: describe each condition as ECG findings into a manifest to review, edit,
     then `synthgen generate` (the paper's two-stage flow). See docs/describe.md."""
@@ -310,7 +393,7 @@ def train_encoder(data: str = DataOpt,
                   out: str = typer.Option(..., "--out", help="Encoder bundle folder or s3:// URL."),
                   epochs: int = typer.Option(20, help="Training epochs (the best on the validation split is kept)."),
                   embedder: str = EmbedderOpt, cache: Optional[str] = CacheOpt, seed: int = SeedOpt,
-                  storage_options: Optional[str] = StorageOpt) -> None:
+                  storage_options: Optional[str] = StorageOpt, config: Optional[str] = ConfigOpt) -> None:
     """The Net1D ECG/report encoder (CLIP-style) that `synthgen evaluate` measures with."""
     from synthgen.evaluate.encoder import train_encoder as run_train_encoder
 
@@ -331,6 +414,7 @@ def evaluate(
     peers: str = typer.Option("ecgsyn,deepfake-ecg", help="Comma-separated peers run on the generated set's "
                                                           "conditions and scored beside it ('' = none)."),
     storage_options: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,
 ) -> None:
     """The benchmark: FID, precision/recall/F1, HR MAE, CLIP score, validity, memorisation — beside references."""
     from synthgen.evaluate.run import evaluate as run_evaluate
@@ -353,6 +437,7 @@ def augment_eval(
                                                       "of its rows."),
     seeds: int = typer.Option(3, help="Trials per arm (training seeds); mean ± sd over them."),
     epochs: int = typer.Option(20, help="Budget: passes over the real training split, as steps, for every arm."),
+    batch_size: int = typer.Option(64, help="Training batch size of every trial."),
     ratios: str = typer.Option("0.25,0.5,1", help="Synthetic : real minority-class ECGs, one augmented arm each."),
     n_synthetic: int = typer.Option(300, help="ECGs per class to generate when --synthetic is not given."),
     model: Optional[str] = typer.Option(None, help="Model bundle for generating (default: the shipped model)."),
@@ -365,6 +450,7 @@ def augment_eval(
                                                                "if the Ray cluster has or can add any)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     storage_options: Optional[str] = StorageOpt,
+    config: Optional[str] = ConfigOpt,
 ) -> None:
     """The downstream experiment: Net1D classifiers on original vs weighted-loss vs synthetic-augmented data, each
     arm's paired difference from the original with a 95 % interval and a verdict."""
@@ -376,7 +462,7 @@ def augment_eval(
     except ValueError:
         raise InputError(f"--ratios {ratios!r}: expected comma-separated numbers, e.g. 0.25,0.5,1") from None
     run_augment_eval(data, out, tasks=tasks, synthetic=synthetic, external=external, seeds=seeds, epochs=epochs,
-                     ratios=ratio_list, n_synthetic=n_synthetic, model=model, sampler=sampler,
+                     batch_size=batch_size, ratios=ratio_list, n_synthetic=n_synthetic, model=model, sampler=sampler,
                      sampler_steps=sampler_steps, seed=seed, bootstrap=bootstrap, gpu=gpu, progress=progress,
                      storage_options=_storage_options(storage_options))
 
@@ -387,6 +473,7 @@ def plot(
                                       "record path without extension."),
     out: str = typer.Option(..., help="Image to write: .png or .pdf."),
     row: int = typer.Option(0, help="Row of the Parquet data to draw."),
+    config: Optional[str] = ConfigOpt,
 ) -> None:
     """Draw one ECG on the standard 12-lead paper grid, captioned with its report and patient info."""
     from synthgen.evaluate.plot import plot_source

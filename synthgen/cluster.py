@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from types import ModuleType
-from typing import TextIO
+from typing import Any, TextIO
 
 from synthgen.errors import InputError
 
@@ -112,6 +112,23 @@ def _ray_output_to_file(path: str) -> Iterator[None]:
         os.dup2(terminal_fd, 2)
         os.close(terminal_fd)
         terminal.close()
+
+
+@contextlib.contextmanager
+def data_context(**settings: Any) -> Iterator[None]:
+    """Ray Data's process-wide ``DataContext`` with ``settings`` (attribute → value) for the duration of a block,
+    restored afterwards, so one command's settings do not leak into the next one in the same process."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved = {name: getattr(ctx, name) for name in settings}
+    for name, value in settings.items():
+        setattr(ctx, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(ctx, name, value)
 
 
 def max_gpus_setting() -> int:

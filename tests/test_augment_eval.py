@@ -134,7 +134,8 @@ def _generated(path: Path, x: np.ndarray, labels: list[str]) -> str:
     """A `synthgen generate` output (its writer, its real plausibility check) holding the ECGs ``x``."""
     from synthgen.conditions.spec import Condition
     from synthgen.data.plausibility import check_many
-    from synthgen.generate.writers import Provenance, parquet_bytes, shard_table
+    from synthgen.io.generated import Provenance, shard_table
+    from synthgen.io.shards import to_parquet_bytes as parquet_bytes
 
     n = len(x)
     table = shard_table(x, [Condition(("sinus rhythm",))] * n, [{"label": lab} for lab in labels], np.arange(n),

@@ -40,12 +40,11 @@ def test_training_prompts_are_embedded_once_into_the_run_folder(ptbxl_shards, tm
     from synthgen.conditions.embedders import get_embedder
     from synthgen.conditions.prompts import ordered_prompt
     from synthgen.io.shards import read_shards
-    from synthgen.train.run import _fill_embedding_cache
+    from synthgen.train.run import CONDITION_COLUMNS, fill_embedding_cache
 
     out = tmp_path / "run"
     driver = get_embedder("local")  # the session cache: MiniLM loads only for prompts not embedded yet
-    url = _fill_embedding_cache({"data": str(ptbxl_shards), "storage_options": None, "embedder": driver,
-                                 "out": str(out)})
+    url = fill_embedding_cache(read_shards(str(ptbxl_shards), columns=CONDITION_COLUMNS), driver, str(out))
     assert Path(url) == out / "embeddings"
 
     worker = get_embedder("local", cache=url)  # as diffusion_worker builds it from its config

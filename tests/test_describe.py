@@ -243,7 +243,8 @@ def test_writer_carries_the_provenance_and_plot_captions_it(tmp_path):
     from synthgen.conditions.spec import Condition
     from synthgen.evaluate.plot import ecg_caption, plot_source
     from synthgen.data.plausibility import check_many
-    from synthgen.generate.writers import Provenance, parquet_bytes, shard_table, write_wfdb_records
+    from synthgen.io.generated import Provenance, shard_table, write_wfdb_records
+    from synthgen.io.shards import to_parquet_bytes as parquet_bytes
     from synthgen.io.paths import resolve
 
     d = find_curated("hyperkalemia").description()

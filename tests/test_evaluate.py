@@ -326,7 +326,7 @@ def test_plot_draws_each_lead_in_its_labelled_panel(tmp_path) -> None:
 
 def test_ecgsyn_like_peer_has_requested_rate_and_consistent_leads(generated, tmp_path) -> None:
     from synthgen.evaluate.peers import simulate_ecg, simulate_like
-    from synthgen.generate.writers import read_generated
+    from synthgen.io.generated import read_generated
 
     hrs = np.array([45.0, 75.0, 110.0, 160.0])
     x = np.stack([simulate_ecg(h, i) for i, h in enumerate(hrs)])

@@ -27,7 +27,7 @@ from synthgen.ecg import LEADS
 from synthgen.errors import InputError
 from synthgen.generate.plan import Plan, sample_seed
 from synthgen.generate.run import generate
-from synthgen.generate.writers import resample
+from synthgen.io.generated import resample
 from synthgen.io.shards import signals as table_signals
 
 MANIFEST = ("report,age,sex,hr,label,n\n"

@@ -6,6 +6,7 @@ docs/scale-out.md.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -13,16 +14,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.main import get_command
+from typer.testing import CliRunner
 
+from synthgen.cli import _option_keys, app
 from synthgen.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA, JOBS = REPO / "infra", REPO / "jobs"
-sys.path.insert(0, str(JOBS))
-
-import augment_eval as augment_eval_job  # noqa: E402  (jobs/ is not a package: entry points run as scripts)
-import generate as generate_job  # noqa: E402
-import train as train_job  # noqa: E402
+ROOT = get_command(app)
+# job config → the `synthgen` command it configures (jobs/<name>.py wraps the same command)
+JOB_COMMANDS = {"generate": ("generate",), "train": ("train", "all"), "augment-eval": ("augment-eval",)}
 
 # the README install: a pinned torch first, then synthgen
 PINNED_TORCH = re.compile(r"pip install (-q )?torch==\d+\.\d+\.\d+")
@@ -126,65 +128,90 @@ def test_dockerfiles(flavour: str) -> None:
     assert sources and all((REPO / src).exists() for src in sources), sources  # all in a checkout
 
 
+def command(path: tuple[str, ...]):
+    cmd = ROOT
+    for name in path:
+        cmd = cmd.commands[name]
+    return cmd
+
+
+def parse(path: tuple[str, ...], args: list[str]) -> dict:
+    """The option values `synthgen PATH ARGS` runs with, parsed as the CLI parses them (nothing runs)."""
+    parent = ROOT.make_context("synthgen", list(path), resilient_parsing=True)
+    params = command(path).make_context(path[-1], args, parent=parent).params
+    return {k: v.value if hasattr(v, "value") else v for k, v in params.items() if k != "config"}  # enum → str
+
+
 def test_job_configs_load() -> None:
-    for name, job in (("generate", generate_job), ("train", train_job), ("augment-eval", augment_eval_job)):
-        doc = load(JOBS / "configs" / f"{name}.yaml")
-        assert set(doc) <= set(job.KEYS)
-        assert doc["out"].startswith("s3://")
+    for name, path in JOB_COMMANDS.items():
+        cfg = JOBS / "configs" / f"{name}.yaml"
+        doc = load(cfg)
+        keys = _option_keys(command(path))
+        assert set(doc) <= set(keys) and doc["out"].startswith("s3://")
+        values = parse(path, ["--config", str(cfg)])  # every key is a valid value of its option
+        assert all(str(values[keys[k]]) == (",".join(map(str, v)) if isinstance(v, list) else str(v))
+                   for k, v in doc.items()), values
 
 
-@pytest.mark.parametrize("job", ["generate", "train", "augment_eval"])
-def test_entry_point_help(job: str) -> None:
-    res = subprocess.run([sys.executable, str(JOBS / f"{job}.py"), "--help"], capture_output=True, text=True,
-                         timeout=60)
+@pytest.mark.parametrize("job, args", [("generate", []), ("train", ["all"]), ("augment_eval", [])])
+def test_entry_point_help(job: str, args: list[str]) -> None:
+    res = subprocess.run([sys.executable, str(JOBS / f"{job}.py"), *args, "--help"], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})  # no option name cut short
     assert res.returncode == 0 and "--config" in res.stdout and "--storage-options" in res.stdout
 
 
-def test_generate_config_to_kwargs() -> None:
+def test_generate_flags_override_config_keys() -> None:
     cfg = JOBS / "configs" / "generate.yaml"
-    kw = generate_job.parse_args(["--config", str(cfg), "--n", "7", "--cpu", "--format", "both",
-                                  "--storage-options", '{"client_kwargs": {"endpoint_url": "http://h:1"}}'])
-    assert kw == {**load(cfg), "n": 7, "gpu": False, "output_format": "both",
-                  "storage_options": {"client_kwargs": {"endpoint_url": "http://h:1"}}}
-    # the CLI's flags alone still work (the job takes `synthgen generate`'s arguments); unset = library default
-    assert generate_job.parse_args(["--manifest", "m.csv", "--out", "s3://b/o", "--batch-size", "8", "--gpu",
-                                    "--no-progress"]) == {
-        "manifest": "m.csv", "out": "s3://b/o", "batch_size": 8, "gpu": True, "progress": False}
-    with pytest.raises(InputError, match="missing manifest"):
-        generate_job.parse_args(["--out", "o"])
+    opts = '{"client_kwargs": {"endpoint_url": "http://h:1"}}'
+    values = parse(("generate",), ["--config", str(cfg), "--n", "7", "--cpu", "--format", "both",
+                                   "--storage-options", opts])
+    assert values == {**parse(("generate",), ["--config", str(cfg)]), "n": 7, "gpu": False, "output_format": "both",
+                      "storage_options": opts}
+    assert values["manifest"] == load(cfg)["manifest"] and values["batch_size"] == 64  # from the file
+    # a flag before --config still wins: the file only supplies defaults
+    assert parse(("generate",), ["--n", "7", "--config", str(cfg)])["n"] == 7
+    # the flags alone (no file): unset options keep the CLI's defaults
+    assert parse(("generate",), ["--manifest", "m.csv", "--out", "s3://b/o", "--batch-size", "8", "--gpu",
+                                 "--no-progress"]) == {**parse(("generate",), ["--manifest", "m.csv", "--out", "s3://b/o"]),
+                                                       "batch_size": 8, "gpu": True, "progress": False}
+    assert parse(("generate",), ["--manifest", "m.csv", "--out", "o"])["sampler"] == "ddpm"
 
 
-def test_train_config_to_kwargs() -> None:
+def test_train_and_augment_eval_flags_override_config_keys() -> None:
     cfg = JOBS / "configs" / "train.yaml"
-    kw = train_job.parse_args(["--config", str(cfg), "--workers", "2", "--cpu",
-                               "--storage-options", '{"key": "AKIA-not-logged"}'])
-    assert kw == {**load(cfg), "workers": 2, "gpu": False, "storage_options": {"key": "AKIA-not-logged"},
-                  "command": kw["command"]}
-    assert "AKIA" not in kw["command"] and kw["command"].startswith("jobs/train.py --config")
-    assert train_job.parse_args(["--data", "d", "--out", "o"]) == {
-        "stage": "all", "data": "d", "out": "o", "command": "jobs/train.py --data d --out o"}
-
-
-def test_augment_eval_config_to_kwargs() -> None:
+    assert parse(("train", "all"), ["--config", str(cfg), "--workers", "2", "--cpu"]) == {
+        **parse(("train", "all"), ["--config", str(cfg)]), "workers": 2, "gpu": False}
     cfg = JOBS / "configs" / "augment-eval.yaml"
-    kw = augment_eval_job.parse_args(["--config", str(cfg), "--task", "af, pvc", "--seeds", "3", "--cpu"])
-    assert kw == {**load(cfg), "tasks": ["af", "pvc"], "seeds": 3, "gpu": False}
-    assert augment_eval_job.parse_args(["--data", "d", "--out", "o"]) == {"data": "d", "out": "o"}
-    with pytest.raises(InputError, match="missing data"):
-        augment_eval_job.parse_args(["--out", "o"])
+    values = parse(("augment-eval",), ["--config", str(cfg), "--task", "af, pvc", "--seeds", "3", "--cpu"])
+    assert values == {**parse(("augment-eval",), ["--config", str(cfg)]), "task": "af, pvc", "seeds": 3,
+                      "gpu": False}
+    assert values["ratios"] == "0.25,0.5,1.0" and values["n_synthetic"] == 20000
 
 
-def test_config_rejects_unknown_keys_and_credentials(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text, expected", [
+    ("manifest: m\nout: o\nbatchsize: 3\n", "unknown key 'batchsize'"),
+    ("manifest: m\nout: o\nbatch_size: 3\n", "unknown key 'batch_size'"),  # option names, as the flags spell them
+    ("manifest: m\nout: o\nstorage-options: {secret: s}\n", "storage-options.secret: credentials"),
+    ("manifest: [m\n", "--config"),
+    ("- m\n", "expected a mapping"),
+])
+def test_config_errors_are_one_line_naming_the_file(tmp_path: Path, text: str, expected: str) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("manifest: m\nout: o\nbatchsize: 3\n")
-    with pytest.raises(InputError, match="unknown key.*batchsize"):
-        generate_job.parse_args(["--config", str(bad)])
-    bad.write_text("manifest: m\nout: o\nstorage_options: {secret: s}\n")
-    with pytest.raises(InputError, match="credentials"):
-        generate_job.parse_args(["--config", str(bad)])
+    bad.write_text(text)
+    with pytest.raises(InputError, match=re.escape(expected)):
+        parse(("generate",), ["--config", str(bad)])
+    res = CliRunner().invoke(app, ["generate", "--config", str(bad)])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"error: --config {bad}")
+    assert expected in lines[0] and not (tmp_path / "o").exists()
 
 
 def test_bad_input_exits_2(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, str(JOBS / "generate.py"), "--out", "o"], capture_output=True,
                          text=True, timeout=60)
-    assert res.returncode == 2 and "missing manifest" in res.stderr
+    assert res.returncode == 2 and "Missing option '--manifest'" in res.stderr
+    # the train job: its config and a flag reach the library, which refuses the data folder before Ray starts
+    cfg = JOBS / "configs" / "train.yaml"
+    res = subprocess.run([sys.executable, str(JOBS / "train.py"), "all", "--config", str(cfg), "--data", str(tmp_path),
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and f"--data {tmp_path}: no _dataset.json" in res.stderr, res.stderr

@@ -32,7 +32,6 @@ SOURCES = ("ptbxl", "mimic-iv-ecg", "wfdb", "physionet-challenge")
 SHARD_ROWS = 1000
 MAX_CHUNK = 50  # records per Ray task: small enough to balance 2 cores, large enough to amortise overhead
 REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("ecg_id", "source", "path", "reason", "detail")])
-LABELS = ("af", "pvc", "abnormal")
 
 
 def prepare(source: str, src: str, out: str, *, metadata: str | None = None, patients: str | None = None,
@@ -73,8 +72,8 @@ def prepare(source: str, src: str, out: str, *, metadata: str | None = None, pat
         "schema_version": shards.SCHEMA_VERSION, "synthgen_version": synthgen.__version__,
         "source": source, "records_seen": len(tasks), "rows": counts["rows"], "rejected": len(rejects),
         "splits": {s: counts[f"split:{s}"] for s in SPLITS},
-        "labels": {name: counts[f"label:{name}"] for name in LABELS},
-        "labels_by_split": {s: {name: counts[f"label:{name}:{s}"] for name in LABELS} for s in SPLITS},
+        "labels": {name: counts[f"label:{name}"] for name in shards.LABELS},
+        "labels_by_split": {s: {name: counts[f"label:{name}:{s}"] for name in shards.LABELS} for s in SPLITS},
         "hr_source": {h: counts[f"hr:{h}"] for h in ("rr", "qrs")},
         "rejects_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
         "shards": writer.parts, "fingerprint": writer.digest.hexdigest(),
@@ -114,7 +113,7 @@ class _ShardWriter:
         self.counts["rows"] += len(table)
         for key, column in (("split", "split"), ("hr", "hr_source")):
             self.counts.update({f"{key}:{k}": n for k, n in Counter(table[column].to_pylist()).items()})
-        for label in LABELS:
+        for label in shards.LABELS:
             self.counts[f"label:{label}"] += pc.sum(table[label]).as_py() or 0
             for split in SPLITS:
                 both = pc.and_(table[label], pc.equal(table["split"], split))

@@ -1,7 +1,8 @@
 """The evaluation encoder: a Net1D trained CLIP-style against report embeddings, saved as a verified bundle.
 
 Training is one small single-process job (~0.25 M parameters, ~1,500 PTB-XL training records, minutes on
-2 CPU cores), so it is a plain torch loop rather than a Ray Train job. Bundle layout (local or s3://):
+2 CPU cores), so it is a plain torch loop rather than a Ray Train job. Bundle layout (local or s3://; written
+and read by ``synthgen.io.bundles``, as model bundles are):
 
     encoder.safetensors   ClipModel weights (Net1D, text projection, temperature)
     MODEL_CARD.md         what it is, what it was trained on, how it scored
@@ -11,26 +12,21 @@ Training is one small single-process job (~0.25 M parameters, ~1,500 PTB-XL trai
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 
-from synthgen import __version__
 from synthgen.conditions.embedders import Embedder, get_embedder
 from synthgen.conditions.prompts import ordered_prompt
 from synthgen.errors import InputError
-from synthgen.io.paths import StorageOptions, join, read_bundle_file, resolve, write_bytes_atomic
+from synthgen.io.bundles import CONFIG_FILE, load_weights, read_config, save_bundle_files
+from synthgen.io.paths import StorageOptions
 from synthgen.io.shards import read_shards, read_summary, signals
-from synthgen.evaluate.net1d import ClipModel, Net1DConfig
+from synthgen.model.net1d import ClipModel, Net1DConfig
 
-CONFIG_FILE = "config.json"
-CARD_FILE = "MODEL_CARD.md"
 WEIGHTS_FILE = "encoder.safetensors"
 BATCH_SIZE = 64
 LR = 2e-3
@@ -172,31 +168,17 @@ def _card(config: dict[str, Any]) -> str:
 
 def save_encoder(url: str, model: ClipModel, config: dict[str, Any], storage_options: StorageOptions = None) -> str:
     """Write weights, card, then config.json (with the weights' sha256); returns the model hash."""
-    fs, root = resolve(url, storage_options)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    weights = safetensors.torch.save(state)
-    write_bytes_atomic(fs, join(root, WEIGHTS_FILE), weights)
-    write_bytes_atomic(fs, join(root, CARD_FILE), _card(config).encode())
-    config_bytes = (json.dumps({**config, "files": {WEIGHTS_FILE: hashlib.sha256(weights).hexdigest()},
-                                "synthgen_version": __version__}, indent=2, sort_keys=True) + "\n").encode()
-    write_bytes_atomic(fs, join(root, CONFIG_FILE), config_bytes)
-    return hashlib.sha256(config_bytes).hexdigest()
+    return save_bundle_files(url, {WEIGHTS_FILE: model}, config, _card(config), storage_options)
 
 
 def load_encoder(url: str, storage_options: StorageOptions = None) -> Encoder:
     """Load an encoder bundle, verifying the weights' sha256; InputError names the bad file."""
-    fs, root = resolve(url, storage_options)
-    config_bytes = read_bundle_file(fs, root, CONFIG_FILE, url)
+    config, model_hash = read_config(url, storage_options)
     try:
-        config = json.loads(config_bytes)
         cfg = Net1DConfig(**config["net1d"])
         model = ClipModel(cfg, int(config["embedder"]["dim"]), int(config["text_hidden"]))
         expected = config["files"][WEIGHTS_FILE]
     except (ValueError, KeyError, TypeError) as err:
         raise InputError(f"{url}/{CONFIG_FILE} is not an encoder config: {err!r}") from None
-    weights = read_bundle_file(fs, root, WEIGHTS_FILE, url, expected)
-    try:
-        model.load_state_dict(safetensors.torch.load(weights))
-    except RuntimeError as err:
-        raise InputError(f"encoder bundle {url}: {WEIGHTS_FILE} does not match its config: {err}") from None
-    return Encoder(model.eval(), config, hashlib.sha256(config_bytes).hexdigest(), url)
+    load_weights(model, url, WEIGHTS_FILE, expected, "encoder", storage_options)
+    return Encoder(model.eval(), config, model_hash, url)

@@ -16,6 +16,7 @@ from scipy import linalg
 
 from synthgen.data.plausibility import Plausibility, check
 from synthgen.ecg import FS, LEADS
+from synthgen.io.shards import LABELS
 
 CHUNK = 1024  # rows per distance block: 1024 × 40,000 float32 = 160 MB
 
@@ -174,7 +175,7 @@ def label_masks(reports: Sequence[Sequence[str]], labels: Callable[[Sequence[str
                 statements: Sequence[str]) -> dict[str, np.ndarray]:
     """Boolean masks: af / pvc / abnormal / normal from ``labels(reports)``, and one per report statement."""
     rows = [labels(r or []) for r in reports]
-    return masks_from_flags({name: np.array([row[name] for row in rows], bool) for name in ("af", "pvc", "abnormal")},
+    return masks_from_flags({name: np.array([row[name] for row in rows], bool) for name in LABELS},
                             reports, statements)
 
 

@@ -21,14 +21,14 @@ from typing import Any, Callable, Union
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy.signal import resample_poly
 
 from synthgen import __version__
 from synthgen.data.preprocess import resample_1024
 from synthgen.ecg import FS, LEADS, N_LEADS, N_SAMPLES
 from synthgen.errors import InputError
-from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic
+from synthgen.io.generated import read_generated, write_parts
+from synthgen.io.paths import StorageOptions
 
 PeerFn = Callable[[float, int], np.ndarray]  # (requested HR in bpm, seed) → (12, 1024) float32 mV
 PEERS = ("ecgsyn", "deepfake-ecg")
@@ -164,16 +164,7 @@ def peer_signals(hrs: list, peer: PeerFn, *, seed: int = 0, default_hr: float = 
 def write_peer_set(table: pa.Table, sig: np.ndarray, out: str, storage_options: StorageOptions = None) -> int:
     """``table``'s ecg_id, reports, hr, label with ``sig`` as signal → ``<out>/shards/part-*.parquet``, in the
     layout `evaluate` and `plot` read; returns the row count."""
-    fs, root = resolve(out, storage_options)
-    cols = table.select(["ecg_id", "reports", "hr", "label"])
-    for part, start in enumerate(range(0, max(len(sig), 1), ROWS_PER_PART)):
-        chunk = sig[start:start + ROWS_PER_PART]
-        signal = pa.FixedSizeListArray.from_arrays(
-            pa.FixedSizeListArray.from_arrays(pa.array(chunk.reshape(-1), pa.float32()), N_SAMPLES), N_LEADS)
-        buf = pa.BufferOutputStream()
-        pq.write_table(cols.slice(start, len(chunk)).append_column("signal", signal), buf, compression="zstd")
-        write_bytes_atomic(fs, join(root, "shards", f"part-{part:05d}.parquet"), buf.getvalue().to_pybytes())
-    return len(sig)
+    return write_parts(table.select(["ecg_id", "reports", "hr", "label"]), sig, out, ROWS_PER_PART, storage_options)
 
 
 def peer_like(generated: str, out: str, *, peer: Union[str, PeerFn] = "ecgsyn", seed: int = 0,
@@ -181,8 +172,6 @@ def peer_like(generated: str, out: str, *, peer: Union[str, PeerFn] = "ecgsyn", 
     """One ``peer`` ECG (a name from ``PEERS`` or a function) per row of a `synthgen generate` output, at its
     requested HR (``default_hr`` where none), into ``<out>/shards/part-*.parquet`` with the same columns
     `evaluate` reads; returns the row count."""
-    from synthgen.generate.writers import read_generated
-
     fn = get_peer(peer)[0] if isinstance(peer, str) else peer
     table = read_generated(generated, storage_options)
     sig = peer_signals(table.column("hr").to_pylist(), fn, seed=seed, default_hr=default_hr)

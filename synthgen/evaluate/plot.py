@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from synthgen.ecg import FS, LEADS  # noqa: E402
 from synthgen.errors import InputError  # noqa: E402
 from synthgen.io.paths import join, read_parquet, resolve  # noqa: E402
-from synthgen.io.shards import signals  # noqa: E402
+from synthgen.io.shards import REPORT_SEP, signals  # noqa: E402
 from synthgen.io.wfdb import comment_fields, read_wfdb  # noqa: E402
 
 MM_PER_S, MM_PER_MV = 25.0, 10.0
@@ -88,7 +88,7 @@ def ecg_caption(fields: dict) -> str:
         citation = f"; reference: {fields['condition_citation']}" if _present(fields.get("condition_citation")) else ""
         return (f"{fields.get('label') or 'condition'} — ECG findings, most important first: {findings}\n{info}\n"
                 f"findings from: {fields['condition_source']}{citation}")
-    text = " | ".join(r for r in reports if r)
+    text = REPORT_SEP.join(r for r in reports if r)
     return f"{info}  —  {text}" if text else info
 
 
@@ -117,7 +117,7 @@ def _wfdb_record(src: str) -> tuple[np.ndarray, float, dict]:
     ecg = read_wfdb(src)
     fields: dict = {"ecg_id": src.rstrip("/").rsplit("/", 1)[-1], **comment_fields(ecg.comments)}
     if "reports" in fields:
-        fields["reports"] = fields["reports"].split(" | ")
+        fields["reports"] = fields["reports"].split(REPORT_SEP)
     return np.nan_to_num(ecg.signal), ecg.fs, fields
 
 

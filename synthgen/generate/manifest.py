@@ -20,15 +20,14 @@ import pandas as pd
 from synthgen.conditions.describe import Description, describe
 from synthgen.conditions.spec import Condition
 from synthgen.errors import InputError
+from synthgen.io.generated import TEXT_COLUMNS
 from synthgen.io.paths import StorageOptions, read_parquet, resolve, write_bytes_atomic
+from synthgen.io.shards import LABELS, REPORT_SEP, read_shards
 
-REPORT_SEP = " | "
-TEXT_COLUMNS = ("label", "condition_source", "condition_citation")  # free text, copied to every output row
 KNOWN_COLUMNS = ("report", "age", "sex", "hr", *TEXT_COLUMNS, "n", "weight")
 RANGES = {"age": (0, 120, "years"), "hr": (20, 300, "bpm")}
 _REPORT_K = re.compile(r"^report_(\d+)$")
 _SEX = {"m": "M", "male": "M", "f": "F", "female": "F"}
-MINORITY_LABELS = ("af", "pvc", "abnormal")
 
 
 @dataclass(frozen=True)
@@ -210,10 +209,8 @@ def class_conditions(data: str, label: str | None, *, negative: bool = False, sp
 
     Generating from real conditions of a class keeps its age/sex/HR/report combinations realistic.
     """
-    from synthgen.io.shards import read_shards  # owned by prepare; imported here to keep the manifest reader light
-
-    if label is not None and label not in MINORITY_LABELS:
-        raise InputError(f"--label={label!r}: expected one of {', '.join(MINORITY_LABELS)}")
+    if label is not None and label not in LABELS:
+        raise InputError(f"--label={label!r}: expected one of {', '.join(LABELS)}")
     columns = ["reports", "age", "sex", "hr", *([label] if label else [])]
     df = read_shards(data, split, columns, storage_options=storage_options).to_pandas()
     if label is not None:

@@ -29,10 +29,6 @@ def retry_seed(seed: int, attempt: int) -> int:
     return int.from_bytes(digest, "big") >> (64 - SEED_BITS)
 
 
-def shard_name(shard: int) -> str:
-    return f"part-{shard:05d}"
-
-
 @dataclass(frozen=True)
 class ShardSamples:
     """The samples of one shard, in order: parallel arrays of spec ids, per-spec sample indices and seeds."""

@@ -8,44 +8,21 @@ shard is committed → write ``_SUCCESS.json``. See docs/generate.md for why eac
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import math
 import os
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
+from typing import Any
 
-from synthgen import __version__
-from synthgen.cluster import console, gpu_budget, ray_log_path, ray_session, torch_device
+from synthgen.cluster import console, data_context, gpu_budget, ray_log_path, ray_session, torch_device
 from synthgen.errors import InputError
+from synthgen.generate.actor import ShardSampler, model_hash
+from synthgen.generate.config import GenerateConfig
 from synthgen.generate.manifest import Spec, read_manifest, sample_counts, specs_fingerprint
 from synthgen.generate.plan import Plan
-from synthgen.generate.sampler import ShardSampler, model_hash
-from synthgen.generate.writers import SCHEMA_VERSION, Provenance, committed_shards
-from synthgen.io.paths import StorageOptions, check_writable, join, read_json, resolve, write_json_atomic
-
-SAMPLERS = ("ddpm", "ddim", "dpm++")
-FORMATS = ("parquet", "wfdb", "both")
-
-
-def _check_args(n: int | None, sampler: str, steps: int, guidance: float, seed: int, batch_size: int,
-                actors: int | None, shard_size: int, output_format: str, wfdb_fs: float | None) -> None:
-    problems = [msg for bad, msg in (
-        (n is not None and n < 0, f"--n={n}: expected a non-negative integer"),
-        (sampler not in SAMPLERS, f"--sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}"),
-        (steps < 1, f"--steps={steps}: expected a positive integer"),
-        (not math.isfinite(guidance) or guidance < 0, f"--guidance={guidance}: expected a number >= 0"),
-        (seed < 0, f"--seed={seed}: expected a non-negative integer"),
-        (batch_size < 1, f"--batch-size={batch_size}: expected a positive integer"),
-        (actors is not None and actors < 1, f"--actors={actors}: expected a positive integer"),
-        (shard_size < 1, f"--shard-size={shard_size}: expected a positive integer"),
-        (output_format not in FORMATS, f"--format={output_format!r}: expected one of {', '.join(FORMATS)}"),
-        (wfdb_fs is not None and not 0 < wfdb_fs <= 10_000, f"--wfdb-fs={wfdb_fs}: expected a rate in Hz, 0-10000"),
-    ) if bad]
-    if problems:
-        raise InputError("; ".join(problems))
+from synthgen.io.generated import Provenance, committed_shards
+from synthgen.io.paths import check_writable, join, read_json, resolve, write_json_atomic
 
 
 def _claim_out(fs, root: str, plan_doc: dict) -> None:
@@ -59,22 +36,6 @@ def _claim_out(fs, root: str, plan_doc: dict) -> None:
                              "use a new --out, or the same parameters to resume that run")
     else:
         write_json_atomic(fs, path, plan_doc)
-
-
-@contextlib.contextmanager
-def _data_context() -> Iterator[None]:
-    """Quiet Ray Data's own progress bars while ours runs, and let a failing sampler's own exception reach the
-    driver (by default Ray Data replaces it by a UserCodeException that only holds its traceback as text, so a
-    storage failure could not be reported as one line); restore the settings afterwards."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    saved = ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.raise_original_map_exception
-    ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.raise_original_map_exception = False, False, True
-    try:
-        yield
-    finally:
-        ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.raise_original_map_exception = saved
 
 
 def _actor_resources(ray, actors: int | None, gpu: bool | None, pending: int) -> tuple[dict, dict, str, int | None]:
@@ -97,36 +58,31 @@ def _actor_resources(ray, actors: int | None, gpu: bool | None, pending: int) ->
     return dict(size=size), {"num_cpus": min(1.0, cpus / (2 * size))}, torch_device(False), threads
 
 
-def generate(manifest: str, out: str, n: int | None = None, *, model: str | None = None, sampler: str = "ddpm",
-             steps: int = 100, guidance: float = 2.0, seed: int = 0, batch_size: int = 32,
-             actors: int | None = None, shard_size: int = 256, output_format: str = "parquet",
-             wfdb_fs: float | None = None, storage_options: StorageOptions = None, gpu: bool | None = None,
-             progress: bool = True, replace_implausible: int = 0) -> dict:
-    """Generate ECGs for a manifest into ``out``; resumable and exactly-once per (spec, sample). Returns the summary.
+def generate(manifest: str, out: str, n: int | None = None, **settings: Any) -> dict:
+    """`run_generate` for library callers: ``settings`` are the other fields of GenerateConfig."""
+    return run_generate(GenerateConfig(manifest, out, n, **settings))
+
+
+def run_generate(config: GenerateConfig) -> dict:
+    """Generate ECGs for a manifest into ``config.out``; resumable and exactly-once per (spec, sample). Returns
+    the summary.
 
     Every ECG is checked for plausibility (synthgen.data.plausibility) and flagged per row; with
     ``replace_implausible`` = k > 0 an implausible sample is redrawn from the next seeds of its own seed
     stream, up to k times (deterministic, so exactly-once holds)."""
-    _check_args(n, sampler, steps, guidance, seed, batch_size, actors, shard_size, output_format, wfdb_fs)
-    if replace_implausible < 0:
-        raise InputError(f"--replace-implausible={replace_implausible}: expected an integer >= 0")
-    specs = read_manifest(manifest, storage_options)
-    counts = sample_counts(specs, n)
-    params = {
-        "manifest_sha256": specs_fingerprint(specs),
-        "counts_sha256": hashlib.sha256(json.dumps(counts).encode()).hexdigest(), "total": sum(counts),
-        "seed": seed, "model_hash": model_hash(model, storage_options), "sampler": sampler,
-        "steps": steps, "guidance": float(guidance), "shard_size": shard_size, "output_format": output_format,
-        "wfdb_fs": wfdb_fs, "synthgen_version": __version__, "schema": SCHEMA_VERSION,
-        "replace_implausible": replace_implausible,
-    }
+    config.check()
+    out, storage_options = config.out, config.storage_options
+    specs = read_manifest(config.manifest, storage_options)
+    counts = sample_counts(specs, config.n)
+    params = config.plan_params(specs_fingerprint(specs), hashlib.sha256(json.dumps(counts).encode()).hexdigest(),
+                                sum(counts), model_hash(config.model, storage_options))
     run_id = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    plan = Plan(tuple(counts), seed, shard_size)
+    plan = Plan(tuple(counts), config.seed, config.shard_size)
     check_writable(out, storage_options)  # every input is valid: now the output, before Ray starts
     fs, root = resolve(out, storage_options)
-    _claim_out(fs, root, {"run_id": run_id, "params": params, "manifest": manifest, "n_shards": plan.n_shards,
-                          "created": datetime.now(timezone.utc).isoformat()})
-    done = committed_shards(fs, root, output_format)
+    _claim_out(fs, root, {"run_id": run_id, "params": params, "manifest": config.manifest,
+                          "n_shards": plan.n_shards, "created": datetime.now(timezone.utc).isoformat()})
+    done = committed_shards(fs, root, config.output_format)
     pending = [k for k in range(plan.n_shards) if k not in done]
     summary_path = join(root, "_SUCCESS.json")
     if not pending and fs.exists(summary_path):
@@ -135,14 +91,10 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
     t0 = time.perf_counter()
     rows, ray_log = [], None
     if pending:
-        rows, ray_log = _run_pool(plan, pending, specs, model=model, storage_options=storage_options, out=out,
-                         prov=Provenance(run_id, params["model_hash"], sampler, steps, float(guidance), __version__),
-                         sample_kw=dict(sampler=sampler, steps=steps, guidance=float(guidance)),
-                         batch_size=batch_size, output_format=output_format, wfdb_fs=wfdb_fs, actors=actors,
-                         gpu=gpu, progress=progress, replace_implausible=replace_implausible,
-                         done_samples=plan.total - sum(plan.shard_sizes()[k] for k in pending))
+        rows, ray_log = _run_pool(config, plan, pending, specs, config.provenance(run_id, params["model_hash"]),
+                                  done_samples=plan.total - sum(plan.shard_sizes()[k] for k in pending))
     wall = time.perf_counter() - t0
-    missing = sorted(set(range(plan.n_shards)) - committed_shards(fs, root, output_format))
+    missing = sorted(set(range(plan.n_shards)) - committed_shards(fs, root, config.output_format))
     if missing:
         raise RuntimeError(f"{len(missing)} shard(s) not committed after the run (first: {missing[:5]}); rerun "
                            "the same command to write only those")
@@ -161,7 +113,7 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
         "finished": datetime.now(timezone.utc).isoformat(),
     }
     write_json_atomic(fs, summary_path, summary)
-    if progress:
+    if config.progress:
         print(f"generated {samples_written} ECGs in {wall:.1f} s ({summary['ecg_per_s']} ECG/s; "
               f"{len(done)} shard(s) were already done); writing took {100 * (summary['write_share'] or 0):.1f} % "
               f"of actor time; {summary['implausible_written']} flagged implausible, {summary['replaced']} "
@@ -169,29 +121,29 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
     return summary
 
 
-def _run_pool(plan: Plan, pending: list[int], specs: list[Spec], *, model: str | None,
-              storage_options: StorageOptions, out: str, prov: Provenance, sample_kw: dict, batch_size: int,
-              output_format: str, wfdb_fs: float | None, actors: int | None, gpu: bool | None, progress: bool,
-              replace_implausible: int, done_samples: int) -> tuple[list[dict], str | None]:
+def _run_pool(config: GenerateConfig, plan: Plan, pending: list[int], specs: list[Spec], prov: Provenance,
+              done_samples: int) -> tuple[list[dict], str | None]:
     """Run the pending shards through an actor pool; returns the per-shard summary rows and the file that
     received Ray's lines (None when they went to the console)."""
     from tqdm import tqdm
 
     with ray_session() as ray:
-        pool, resources, device, threads = _actor_resources(ray, actors, gpu, len(pending))
-        with _data_context(), tqdm(total=plan.total, initial=done_samples, unit="ECG", disable=not progress,
-                                   smoothing=0.1, desc="generate", file=console()) as bar:
+        pool, resources, device, threads = _actor_resources(ray, config.actors, config.gpu, len(pending))
+        # quiet Ray Data's own progress bars while ours runs; let a failing actor's own exception reach the driver
+        # (by default Ray Data replaces it by a UserCodeException holding only its traceback as text, so a storage
+        # failure could not be reported as one line)
+        with data_context(enable_progress_bars=False, print_on_execution_start=False,
+                          raise_original_map_exception=True), \
+                tqdm(total=plan.total, initial=done_samples, unit="ECG", disable=not config.progress, smoothing=0.1,
+                     desc="generate", file=console()) as bar:
             ds = ray.data.from_items([{"shard": k} for k in pending], override_num_blocks=len(pending))
             # A killed actor is restarted and its shard retried by Ray Data's actor-pool defaults
             # (max_restarts=-1, max_task_retries=-1); setting them goes through **ray_remote_args, deprecated
             # in Ray 2.60 and removed in 2.64, so we rely on the defaults (tested by killing an actor).
             ds = ds.map_batches(
                 ShardSampler, batch_size=1, compute=ray.data.ActorPoolStrategy(**pool),
-                fn_constructor_kwargs=dict(
-                    model=model, storage_options=storage_options, out=out, plan=plan,
-                    conditions=[s.condition for s in specs], text_fields=[s.text_fields() for s in specs], prov=prov,
-                    batch_size=batch_size, output_format=output_format, wfdb_fs=wfdb_fs, device=device,
-                    threads=threads, replace_implausible=replace_implausible, **sample_kw),
+                fn_constructor_kwargs=dict(config=config, plan=plan, specs=specs, prov=prov, device=device,
+                                           threads=threads),
                 **resources)
             rows = []
             for row in ds.iter_rows():

@@ -6,7 +6,6 @@ AWS_ENDPOINT_URL, ~/.aws/config) or from explicit ``storage_options``; never fro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -16,7 +15,7 @@ import fsspec
 import pyarrow as pa
 from fsspec.core import url_to_fs
 
-from synthgen.errors import InputError, StorageError, outside_failure
+from synthgen.errors import StorageError, outside_failure
 
 StorageOptions = dict[str, Any] | None
 
@@ -139,20 +138,3 @@ def read_parquet(fs: fsspec.AbstractFileSystem, path: str, columns: list[str] | 
     sink = pa.BufferOutputStream()
     sink.write(data)
     return pq.read_table(pa.BufferReader(sink.getvalue()), columns=columns)
-
-
-def read_bundle_file(fs: fsspec.AbstractFileSystem, root: str, name: str, url: str,
-                     sha256: str | None = None) -> bytes:
-    """One file of a bundle folder (model or encoder), checked against the sha256 its config pins.
-
-    A missing or altered file is an InputError that names the bundle and the file.
-    """
-    path = join(root, name)
-    if not fs.exists(path):
-        raise InputError(f"bundle {url} is missing {name}")
-    with fs.open(path, "rb") as f:
-        data = f.read()
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise InputError(f"bundle {url}: {name} has sha256 {hashlib.sha256(data).hexdigest()}, expected {sha256} "
-                         "(file altered or from another bundle)")
-    return data

@@ -26,6 +26,8 @@ PART_GLOB = "part-*.parquet"
 # Beside the parts, named with a leading "_" so that Parquet readers given the folder skip them.
 SUMMARY = "_dataset.json"
 REJECTS = "_rejects.parquet"
+LABELS = ("af", "pvc", "abnormal")  # the boolean label columns (docs/schema-shards.md)
+REPORT_SEP = " | "  # joins a record's reports into ``report_text`` (and manifest, WFDB and caption text)
 
 SCHEMA = pa.schema(
     [
@@ -40,9 +42,7 @@ SCHEMA = pa.schema(
         ("sex", pa.string()),
         ("hr", pa.float64()),
         ("hr_source", pa.string()),
-        ("af", pa.bool_()),
-        ("pvc", pa.bool_()),
-        ("abnormal", pa.bool_()),
+        *((label, pa.bool_()) for label in LABELS),
         ("scp_codes", pa.list_(pa.string())),
         ("fs_source", pa.float64()),
     ],
@@ -55,19 +55,24 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
+def signal_array(x: np.ndarray) -> pa.FixedSizeListArray:
+    """ECGs (N, 12, 1024) in mV → the ``signal`` column (12 × 1024 nested fixed-size lists of float32) that
+    training shards, generate outputs and peer sets share; ``signals`` is its inverse."""
+    flat = pa.array(np.ascontiguousarray(x, dtype=np.float32).reshape(-1), pa.float32())
+    return pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(flat, N_SAMPLES), N_LEADS)
+
+
 def to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     """Rows (dicts with a (12, 1024) float32 ``signal``) → a table in the shard schema."""
-    sig = np.stack([r["signal"] for r in rows]).astype(np.float32) if rows else np.zeros((0, N_LEADS, N_SAMPLES),
-                                                                                        np.float32)
-    signal = pa.FixedSizeListArray.from_arrays(
-        pa.FixedSizeListArray.from_arrays(pa.array(sig.reshape(-1), pa.float32()), N_SAMPLES), N_LEADS)
+    signal = signal_array(np.stack([r["signal"] for r in rows]) if rows else np.zeros((0, N_LEADS, N_SAMPLES)))
     cols = {name: [r[name] for r in rows] for name in SCHEMA.names if name != "signal"}
     arrays = [signal if f.name == "signal" else pa.array(cols[f.name], f.type) for f in SCHEMA]
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
 def to_parquet_bytes(table: pa.Table) -> bytes:
-    """Serialise a table (a shard keeps its schema-version metadata); same table → same bytes."""
+    """Serialise a table (a shard keeps its schema-version metadata); same table → same bytes. The one Parquet
+    writer of synthgen's ECG tables: a whole file in memory, committed with one atomic write."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()

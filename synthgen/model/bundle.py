@@ -1,11 +1,11 @@
-"""A model bundle: one directory (local or object storage) with everything needed to sample.
+"""A model bundle: one folder (local or object storage) with everything needed to sample, in the layout
+``synthgen.io.bundles`` writes and reads:
 
-    vae.safetensors    VAE weights (safetensors: loading never runs pickled code)
+    vae.safetensors    VAE weights
     unet.safetensors   U-Net weights
     MODEL_CARD.md      what the model is, what it was trained on, its limits
     config.json        module configs, latent scale, embedder, patient stats, noise schedule, training
-                       provenance, and the sha256 of each weight file; written last, so a bundle without
-                       it is incomplete
+                       provenance, and the sha256 of each weight file; written last
 
 The model hash is the sha256 of config.json's bytes: as config.json pins the weight hashes, it identifies
 the exact weights and settings that produced a sample.
@@ -13,23 +13,16 @@ the exact weights and settings that produced a sample.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
-import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-import safetensors.torch
-from torch import nn
-
-from synthgen import __version__
 from synthgen.errors import InputError
-from synthgen.io.paths import StorageOptions, join, read_bundle_file, resolve, write_bytes_atomic
+from synthgen.io.bundles import CONFIG_FILE, load_weights, read_config, save_bundle_files
+from synthgen.io.paths import StorageOptions
 from synthgen.model.unet import UNet1D, UNetConfig
 from synthgen.model.vae import VAE, VAEConfig
 
-CONFIG_FILE = "config.json"
-CARD_FILE = "MODEL_CARD.md"
 WEIGHT_FILES = {"vae": "vae.safetensors", "unet": "unet.safetensors"}
 REQUIRED_KEYS = ("vae", "unet", "latent_scale", "embedder", "patient_stats", "noise", "files")  # to sample
 
@@ -45,26 +38,12 @@ class Bundle:
     url: str
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def save_bundle(url: str, vae: VAE, unet: UNet1D, config: dict[str, Any], card: str,
                 storage_options: StorageOptions = None) -> str:
     """Write a bundle into directory ``url``; returns the model hash. ``config`` holds the contract's keys
     (vae, unet, latent_scale, embedder, patient_stats, noise, data_fingerprint, training)."""
-    fs, root = resolve(url, storage_options)
-    files = {}
-    for name, module in (("vae", vae), ("unet", unet)):
-        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        data = safetensors.torch.save(state)
-        write_bytes_atomic(fs, join(root, WEIGHT_FILES[name]), data)
-        files[WEIGHT_FILES[name]] = _sha256(data)
-    write_bytes_atomic(fs, join(root, CARD_FILE), card.encode())
-    config_bytes = (json.dumps({**config, "files": files, "synthgen_version": __version__},
-                               indent=2, sort_keys=True) + "\n").encode()
-    write_bytes_atomic(fs, join(root, CONFIG_FILE), config_bytes)
-    return _sha256(config_bytes)
+    return save_bundle_files(url, {WEIGHT_FILES["vae"]: vae, WEIGHT_FILES["unet"]: unet}, config, card,
+                             storage_options)
 
 
 def shipped_bundle_url(kind: str = "model") -> str:
@@ -86,22 +65,10 @@ def _config_for(cls: type, d: Any, key: str, url: str) -> Any:
     return cls(**d)
 
 
-def _load_weights(module: nn.Module, data: bytes, name: str, url: str) -> None:
-    try:
-        module.load_state_dict(safetensors.torch.load(data))
-    except RuntimeError as err:  # shape or key mismatch between the config and the weights
-        raise InputError(f"model bundle {url}: {name} does not match its config: {err}") from None
-
-
 def load_bundle(url: str | None = None, storage_options: StorageOptions = None) -> Bundle:
     """Load and verify a bundle (``url=None``: the shipped one). Modules are on CPU in eval mode."""
     url = shipped_bundle_url() if url is None else url
-    fs, root = resolve(url, storage_options)
-    config_bytes = read_bundle_file(fs, root, CONFIG_FILE, url)
-    try:
-        config = json.loads(config_bytes)
-    except ValueError as err:
-        raise InputError(f"{url}/{CONFIG_FILE} is not valid JSON: {err}") from None
+    config, model_hash = read_config(url, storage_options)
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
         raise InputError(f"{url}/{CONFIG_FILE} is missing {', '.join(missing)}")
@@ -119,5 +86,5 @@ def load_bundle(url: str | None = None, storage_options: StorageOptions = None) 
         expected = config["files"].get(name)
         if expected is None:
             raise InputError(f"{url}/{CONFIG_FILE} has no sha256 for {name}")
-        _load_weights(module, read_bundle_file(fs, root, name, url, expected), name, url)
-    return Bundle(vae=vae.eval(), unet=unet.eval(), config=config, model_hash=_sha256(config_bytes), url=url)
+        load_weights(module, url, name, expected, "model", storage_options)
+    return Bundle(vae=vae.eval(), unet=unet.eval(), config=config, model_hash=model_hash, url=url)

@@ -40,20 +40,26 @@ def _to_inputs(table: pa.Table, split: str, stats: dict[str, float]) -> dict[str
 MATERIALIZE_BELOW_BYTES = 2 * 1024**3
 
 
-def split_dataset(data: str, split: str, stats: PatientStats, storage_options: dict | None = None):
-    """A Ray Dataset of one split's model inputs.
+def split_datasets(data: str, splits: tuple[str, ...], stats: PatientStats,
+                   storage_options: dict | None = None) -> dict[str, Any]:
+    """Ray Datasets of the model inputs of each of ``splits``, from one read of the shards.
 
-    Shards smaller than 2 GiB are materialised once in the object store (each epoch then costs
-    milliseconds, not a re-read); larger ones stream from storage every epoch.
+    Shards smaller than 2 GiB are read once and materialised in the object store, then each split's inputs
+    too (each epoch then costs milliseconds, not a re-read); larger ones stream from storage every epoch.
     """
     import ray.data
 
     fs, _ = resolve(data, storage_options)
     parts = list_parts(data, storage_options)
-    ds = ray.data.read_parquet(
-        parts, filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)), columns=TRAIN_COLUMNS
-    ).map_batches(_to_inputs, batch_format="pyarrow", fn_kwargs={"split": split, "stats": stats.to_dict()})
-    return ds.materialize() if sum(fs.size(p) for p in parts) < MATERIALIZE_BELOW_BYTES else ds
+    rows = ray.data.read_parquet(parts, filesystem=pafs.PyFileSystem(pafs.FSSpecHandler(fs)), columns=TRAIN_COLUMNS)
+    small = sum(fs.size(p) for p in parts) < MATERIALIZE_BELOW_BYTES
+    if small:
+        rows = rows.materialize()
+    out = {}
+    for split in splits:
+        ds = rows.map_batches(_to_inputs, batch_format="pyarrow", fn_kwargs={"split": split, "stats": stats.to_dict()})
+        out[split] = ds.materialize() if small else ds
+    return out
 
 
 SHUFFLE_BUFFER_ROWS = 2048  # ~100 MB of 12x1024 float32 signals

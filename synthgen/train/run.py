@@ -10,32 +10,75 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from synthgen import __version__
-from synthgen.cluster import gpu_budget, ray_session
-from synthgen.conditions.embedders import CachedEmbedder, get_embedder
+from synthgen.cluster import data_context, gpu_budget, ray_session
+from synthgen.conditions.embedders import CachedEmbedder, Embedder, get_embedder
 from synthgen.conditions.patient import PatientStats
 from synthgen.errors import InputError
-from synthgen.io.paths import check_writable, join, read_json, resolve, write_bytes_atomic, write_json_atomic
+from synthgen.io.paths import (StorageOptions, check_writable, join, read_json, resolve, write_bytes_atomic,
+                               write_json_atomic)
 from synthgen.io.shards import SUMMARY, read_shards, read_summary
+from synthgen.train.card import model_card
 from synthgen.train.presets import TrainConfig, get_preset
 
 STAGES = ("vae", "diffusion", "all")
+CONDITION_COLUMNS = ["split", "reports", "age", "sex", "hr"]  # what the driver reads of the shards, once
 
 
-def _model_configs(tc: TrainConfig, text_dim: int) -> tuple[dict, dict]:
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """One `synthgen train STAGE` run's settings, from the CLI (or a YAML ``--config``) to the stages; the
+    fields are its options (``command``: the command line recorded in the model card)."""
+
+    stage: str
+    data: str
+    out: str
+    preset: str = "small"
+    workers: int = 1
+    gpu: bool | None = None  # None: GPUs if the cluster has or can add some (synthgen.cluster.gpu_budget)
+    embedder: str = "local"
+    cache: str | None = None
+    seed: int = 0
+    storage_options: StorageOptions = None
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What both stages use, prepared once by the driver from one read of the shards."""
+
+    hparams: TrainConfig
+    gpu: bool
+    datasets: dict[str, Any]  # split → Ray Dataset of model inputs (train, val)
+    conditions: pa.Table      # CONDITION_COLUMNS of every record
+    vae_model: dict
+    unet_model: dict
+    embedder: Embedder
+    stats: PatientStats
+    dataset_info: dict
+    command: str
+
+
+def _model_configs(hparams: TrainConfig, text_dim: int) -> tuple[dict, dict]:
     from synthgen.model.unet import UNetConfig
     from synthgen.model.vae import VAEConfig
 
-    vae = VAEConfig.paper() if tc.model_size == "paper" else VAEConfig()
-    unet = UNetConfig.paper() if tc.model_size == "paper" else UNetConfig()
-    vae = replace(vae, **tc.vae_model)
-    unet = replace(unet, **{**tc.unet_model, "cond_dim": text_dim})
+    vae = VAEConfig.paper() if hparams.model_size == "paper" else VAEConfig()
+    unet = UNetConfig.paper() if hparams.model_size == "paper" else UNetConfig()
+    vae = replace(vae, **hparams.vae_model)
+    unet = replace(unet, **{**hparams.unet_model, "cond_dim": text_dim})
     return asdict(vae), asdict(unet)
+
+
+def _split(table: pa.Table, *splits: str) -> pa.Table:
+    return table.filter(pc.is_in(table["split"], pa.array(splits)))
 
 
 def _trainer(fn, config: dict, name: str, out: str, workers: int, gpu: bool, datasets: dict,
@@ -88,26 +131,26 @@ def fit_latent_scale(vae, dataset, n: int, seed: int = 0) -> float:
     return float(1.0 / torch.cat(chunks).std())
 
 
-def _run_vae(ctx: dict) -> dict:
+def _run_vae(run: TrainRunConfig, inputs: StageInputs) -> dict:
     from synthgen.model.vae import VAE, VAEConfig
     from synthgen.train.vae_stage import vae_worker
 
-    fs, vae_dir = resolve(join(ctx["out"], "vae"), ctx["storage_options"])
+    fs, vae_dir = resolve(join(run.out, "vae"), run.storage_options)
     if fs.exists(f"{vae_dir}/vae.json"):
-        print(f"[vae] already trained: {join(ctx['out'], 'vae')} (delete it to retrain)", flush=True)
+        print(f"[vae] already trained: {join(run.out, 'vae')} (delete it to retrain)", flush=True)
         return read_json(fs, f"{vae_dir}/vae.json")
-    tc: TrainConfig = ctx["tc"]
+    hparams = inputs.hparams
     started = time.time()
-    trainer = _trainer(vae_worker, {"train": tc.to_dict(), "vae_model": ctx["vae_model"]}, "vae",
-                       ctx["out"], ctx["workers"], ctx["gpu"], ctx["datasets"], ctx["storage_options"])
+    trainer = _trainer(vae_worker, {"train": hparams.to_dict(), "vae_model": inputs.vae_model}, "vae",
+                       run.out, run.workers, inputs.gpu, inputs.datasets, run.storage_options)
     state = _final_state(trainer.fit())
-    vae = VAE(VAEConfig(**ctx["vae_model"]))
+    vae = VAE(VAEConfig(**inputs.vae_model))
     vae.load_state_dict(state["best"])
     vae.eval()
-    scale = fit_latent_scale(vae, ctx["datasets"]["train"], tc.latent_scale_samples, tc.seed)
+    scale = fit_latent_scale(vae, inputs.datasets["train"], hparams.latent_scale_samples, hparams.seed)
     info = {
-        "vae_model": ctx["vae_model"], "latent_scale": scale, "best_val_loss": state["progress"]["best_val"],
-        "best_epoch": state["progress"]["best_epoch"] + 1, "epochs": tc.vae.epochs,
+        "vae_model": inputs.vae_model, "latent_scale": scale, "best_val_loss": state["progress"]["best_val"],
+        "best_epoch": state["progress"]["best_epoch"] + 1, "epochs": hparams.vae.epochs,
         "steps": state["progress"]["global_step"], "resumed_at_steps": state["progress"]["resumed_at"],
         "ranks": state["progress"]["ranks"],
         "seconds": round(time.time() - started, 1),
@@ -119,15 +162,15 @@ def _run_vae(ctx: dict) -> dict:
     return info
 
 
-def _load_vae_state(ctx: dict) -> dict[str, torch.Tensor]:
+def _load_vae_state(run: TrainRunConfig) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
-    fs, vae_dir = resolve(join(ctx["out"], "vae"), ctx["storage_options"])
+    fs, vae_dir = resolve(join(run.out, "vae"), run.storage_options)
     with fs.open(f"{vae_dir}/vae.safetensors", "rb") as f:
         return load(f.read())
 
 
-def _run_diffusion(ctx: dict, vae_info: dict) -> str:
+def _run_diffusion(run: TrainRunConfig, inputs: StageInputs, vae_info: dict) -> str:
     from synthgen.model.bundle import save_bundle
     from synthgen.model.unet import UNet1D, UNetConfig
     from synthgen.model.vae import VAE, VAEConfig
@@ -136,125 +179,97 @@ def _run_diffusion(ctx: dict, vae_info: dict) -> str:
     from synthgen.pipeline import ECGPipeline
     from synthgen.train.diffusion_stage import choose_eps_scale, diffusion_worker
 
-    tc: TrainConfig = ctx["tc"]
-    bundle_url = join(ctx["out"], "bundle")
-    cache = _fill_embedding_cache(ctx)
-    vae_state = _load_vae_state(ctx)
+    hparams = inputs.hparams
+    bundle_url = join(run.out, "bundle")
+    cache = fill_embedding_cache(inputs.conditions, inputs.embedder, run.out, run.storage_options)
+    vae_state = _load_vae_state(run)
     started = time.time()
-    config = {"train": tc.to_dict(), "vae_model": vae_info["vae_model"], "vae_state": vae_state,
-              "latent_scale": vae_info["latent_scale"], "unet_model": ctx["unet_model"],
-              "embedder": ctx["embedder"].name, "cache": cache, "storage_options": ctx["storage_options"],
-              "patient_stats": ctx["stats"].to_dict(),
-              "check_conditions": check_conditions(ctx["data"], tc.sample_check_n, ctx["storage_options"])}
-    trainer = _trainer(diffusion_worker, config, "diffusion", ctx["out"], ctx["workers"], ctx["gpu"],
-                       ctx["datasets"], ctx["storage_options"])
+    config = {"train": hparams.to_dict(), "vae_model": vae_info["vae_model"], "vae_state": vae_state,
+              "latent_scale": vae_info["latent_scale"], "unet_model": inputs.unet_model,
+              "embedder": inputs.embedder.name, "cache": cache, "storage_options": run.storage_options,
+              "patient_stats": inputs.stats.to_dict(),
+              "check_conditions": check_conditions(inputs.conditions, hparams.sample_check_n)}
+    trainer = _trainer(diffusion_worker, config, "diffusion", run.out, run.workers, inputs.gpu, inputs.datasets,
+                       run.storage_options)
     state = _final_state(trainer.fit())
     seconds = round(time.time() - started, 1)
     vae = VAE(VAEConfig(**vae_info["vae_model"]))
     vae.load_state_dict(vae_state)
-    unet = UNet1D(UNetConfig(**ctx["unet_model"]))
+    unet = UNet1D(UNetConfig(**inputs.unet_model))
     unet.load_state_dict(state["best"])
     progress = state["progress"]
     training = {
-        "preset": tc.preset, "config": tc.to_dict(), "data": ctx["data"], "dataset": ctx["dataset_info"],
+        "preset": hparams.preset, "config": hparams.to_dict(), "data": run.data, "dataset": inputs.dataset_info,
         "vae": {k: v for k, v in vae_info.items() if k != "vae_model"},
         "diffusion": {"best_sample_score": progress["best_val"], "best_epoch": progress["best_epoch"] + 1,
-                      "epochs": tc.diffusion.epochs, "steps": progress["global_step"],
+                      "epochs": hparams.diffusion.epochs, "steps": progress["global_step"],
                       "resumed_at_steps": progress["resumed_at"], "ranks": progress["ranks"], "seconds": seconds},
-        "workers": ctx["workers"], "gpu": ctx["gpu"], "torch": torch.__version__,
+        "workers": run.workers, "gpu": inputs.gpu, "torch": torch.__version__,
     }
     bundle_config = {
-        "vae": vae_info["vae_model"], "unet": ctx["unet_model"], "latent_scale": vae_info["latent_scale"],
-        "embedder": {"name": ctx["embedder"].name, "dim": ctx["embedder"].dim},
-        "patient_stats": ctx["stats"].to_dict(),
-        "noise": tc.noise(),
-        "data_fingerprint": ctx["dataset_info"].get("fingerprint"), "synthgen_version": __version__,
+        "vae": vae_info["vae_model"], "unet": inputs.unet_model, "latent_scale": vae_info["latent_scale"],
+        "embedder": {"name": inputs.embedder.name, "dim": inputs.embedder.dim},
+        "patient_stats": inputs.stats.to_dict(),
+        "noise": hparams.noise(),
+        "data_fingerprint": inputs.dataset_info.get("fingerprint"), "synthgen_version": __version__,
         "training": training,
     }
-    pipeline = ECGPipeline(Bundle(vae, unet, bundle_config, "training", ""), embedder=ctx["embedder"])
+    pipeline = ECGPipeline(Bundle(vae, unet, bundle_config, "training", ""), embedder=inputs.embedder)
     bundle_config["sampling"] = choose_eps_scale(pipeline, [Condition(**c) for c in config["check_conditions"]],
-                                                 tc.eps_scale_samplers, tc.eps_scale_grid, tc.sample_check_guidance)
-    save_bundle(bundle_url, vae, unet, bundle_config, model_card(bundle_config, ctx["command"]),
-                storage_options=ctx["storage_options"])
+                                                 hparams.eps_scale_samplers, hparams.eps_scale_grid,
+                                                 hparams.sample_check_guidance)
+    save_bundle(bundle_url, vae, unet, bundle_config, model_card(bundle_config, inputs.command),
+                storage_options=run.storage_options)
     print(f"[diffusion] done: best sample score {progress['best_val']:.5f} at epoch {progress['best_epoch'] + 1}, "
           f"{seconds:.0f} s → {bundle_url}", flush=True)
     return bundle_url
 
 
-def check_conditions(data: str, n: int, storage_options: dict | None = None) -> list[dict]:
-    """``n`` validation conditions spread evenly over the heart-rate range (as Condition fields), for the
-    sample checks that choose the kept diffusion weights."""
+def check_conditions(conditions: pa.Table, n: int) -> list[dict]:
+    """``n`` validation conditions (rows of ``conditions`` in the val split) spread evenly over the heart-rate
+    range (as Condition fields), for the sample checks that choose the kept diffusion weights."""
     import numpy as np
 
-    table = read_shards(data, split="val", columns=["reports", "age", "sex", "hr"], storage_options=storage_options)
+    table = _split(conditions, "val").select(["reports", "age", "sex", "hr"])
     rows = sorted(table.to_pylist(), key=lambda r: (r["hr"] is None, r["hr"] or 0.0))
     picks = np.unique(np.linspace(0, len(rows) - 1, min(n, len(rows))).round().astype(int))
     return [{"reports": tuple(rows[i]["reports"]), "age": rows[i]["age"], "sex": rows[i]["sex"],
              "hr": rows[i]["hr"]} for i in picks]
 
 
-def _fill_embedding_cache(ctx: dict) -> str:
-    """Embed every training/validation prompt once on the driver into the run's cache ``OUT/embeddings``, which
-    the workers read (on a cluster OUT is shared storage; the driver's local cache is not); returns its URL."""
+def fill_embedding_cache(conditions: pa.Table, embedder: Embedder, out: str,
+                         storage_options: StorageOptions = None) -> str:
+    """Embed every training/validation prompt (``conditions``: split and reports of the records) once on the
+    driver into the run's cache ``OUT/embeddings``, which the workers read (on a cluster OUT is shared storage;
+    the driver's local cache is not); returns its URL."""
     from synthgen.conditions.prompts import ordered_prompt
 
-    table = read_shards(ctx["data"], columns=["split", "reports"], storage_options=ctx["storage_options"])
-    prompts = sorted({ordered_prompt(r) for r, s in zip(table["reports"].to_pylist(), table["split"].to_pylist())
-                      if s in ("train", "val")})
-    print(f"[diffusion] embedding {len(prompts)} unique report prompts with {ctx['embedder'].name}", flush=True)
-    shared = join(ctx["out"], "embeddings")
-    CachedEmbedder(ctx["embedder"], shared, ctx["storage_options"]).embed(prompts)
+    prompts = sorted({ordered_prompt(r) for r in _split(conditions, "train", "val")["reports"].to_pylist()})
+    print(f"[diffusion] embedding {len(prompts)} unique report prompts with {embedder.name}", flush=True)
+    shared = join(out, "embeddings")
+    CachedEmbedder(embedder, shared, storage_options).embed(prompts)
     return shared
 
 
-def model_card(config: dict, command: str) -> str:
-    """The human-readable card shipped with every bundle: data, steps, time, validation figures."""
-    t = config["training"]
-    counts = t["dataset"].get("splits", {})
-    return f"""# synthgen model card
-
-- Package: synthgen {config['synthgen_version']}, torch {t['torch']}
-- Preset: `{t['preset']}`; workers: {t['workers']}, GPU: {t['gpu']}
-- Text embedder: `{config['embedder']['name']}` ({config['embedder']['dim']}-d)
-- Training data: `{t['data']}` (fingerprint `{config['data_fingerprint']}`); split sizes: {counts}
-- Latent scale (fitted on training data): {config['latent_scale']:.5f}
-- Patient normalisation: {config['patient_stats']}
-
-## Stage 1: VAE (12×1024 → 4×128)
-- Epochs: {t['vae']['epochs']}, steps: {t['vae']['steps']}, wall time: {t['vae']['seconds']} s
-- Best validation loss (MSE + λ·KL on the validation split): {t['vae']['best_val_loss']:.5f} at epoch {t['vae']['best_epoch']}
-
-## Stage 2: latent diffusion (DDPM, T={config['noise']['T']}, linear β {config['noise']['beta_start']}…{config['noise']['beta_end']}, {config['noise']['prediction_type']}{', zero terminal SNR' if config['noise'].get('zero_terminal_snr') else ''}, EMA)
-- Epochs: {t['diffusion']['epochs']}, steps: {t['diffusion']['steps']}, wall time: {t['diffusion']['seconds']} s
-- Kept weights (EMA, with warm-up): epoch {t['diffusion']['best_epoch']}, the lowest sample score {t['diffusion']['best_sample_score']:.3f} (HR MAE in bpm + 100 × share of near-flat or HR-unmeasurable ECGs, {config['training']['config']['sample_check_n']} validation conditions, samplers {config['training']['config']['sample_check_samplers']}, guidance {config['training']['config']['sample_check_guidance']})
-- Epsilon Scaling (Ning et al. 2024), chosen on the same conditions and applied by the pipeline: {config.get('sampling', {}).get('eps_scale', 'none')} (sample score per factor: {config.get('sampling', {}).get('scores', {})})
-
-## Reproduce
-```
-{command}
-```
-
-## Intended use and limits
-Synthetic ECGs for data augmentation, method research and teaching; not for diagnosis. Trained on
-{counts.get('train', 'an unknown number of')} training records; docs/benchmarks.md says how close its output
-is to real ECGs.
-"""
+def train(stage: str, data: str, out: str, **settings: Any) -> str:
+    """`run_train` for library callers: ``settings`` are the other fields of TrainRunConfig."""
+    return run_train(TrainRunConfig(stage, data, out, **settings))
 
 
-def train(stage: str, data: str, out: str, *, preset: str = "small", workers: int = 1, gpu: bool | None = None,
-          embedder: str = "local", cache: str | None = None, seed: int = 0,
-          storage_options: dict | None = None, command: str = "") -> str:
-    """Train `stage` ("vae", "diffusion" or "all") on prepared shards; returns the URL of what it exported.
+def run_train(run: TrainRunConfig) -> str:
+    """Train ``run.stage`` ("vae", "diffusion" or "all") on prepared shards; returns the URL of what it exported.
 
-    Rerunning the same command resumes a killed run from its last checkpoint and skips finished stages.
-    gpu=None: one GPU per worker if the cluster has or can add GPUs (synthgen.cluster.gpu_budget).
+    Rerunning the same command resumes a killed run from its last checkpoint and skips finished stages. The
+    shards are read once: their condition columns on the driver (patient statistics, the validation conditions
+    of the sample checks, the prompts to embed), their signals once by Ray Data for both splits.
     """
+    stage, data, out, storage_options = run.stage, run.data, run.out, run.storage_options
     if stage not in STAGES:
         raise InputError(f"stage: expected one of {STAGES}, got {stage!r}")
     dataset_info = read_summary(data, storage_options)
     if dataset_info is None:
         raise InputError(f"--data {data}: no {SUMMARY} there; expected the output of `synthgen prepare`")
-    tc = get_preset(preset, seed=seed)
+    hparams = get_preset(run.preset, seed=run.seed)
     fs_out, out_path = resolve(out, storage_options)
     done = join(out, "vae") if stage == "vae" else join(out, "bundle")
     if fs_out.exists(f"{out_path}/{'vae/vae.json' if stage == 'vae' else 'bundle/config.json'}"):
@@ -263,29 +278,25 @@ def train(stage: str, data: str, out: str, *, preset: str = "small", workers: in
     if stage == "diffusion" and not fs_out.exists(f"{out_path}/vae/vae.json"):
         raise InputError(f"--out {out}: no trained VAE at {join(out, 'vae')}; run `synthgen train vae` first")
     check_writable(out, storage_options)  # before Ray starts
-    emb = get_embedder(embedder, cache=cache, storage_options=storage_options)
-    vae_model, unet_model = _model_configs(tc, emb.dim)
-    ages_hrs = read_shards(data, split="train", columns=["age", "hr"], storage_options=storage_options)
-    stats = PatientStats.fit(ages_hrs["age"].to_numpy(zero_copy_only=False),
-                             ages_hrs["hr"].to_numpy(zero_copy_only=False))
-    with ray_session(worker_output=True) as ray:  # the workers print the epoch lines
-        from ray.data import DataContext
+    embedder = get_embedder(run.embedder, cache=run.cache, storage_options=storage_options)
+    vae_model, unet_model = _model_configs(hparams, embedder.dim)
+    conditions = read_shards(data, columns=CONDITION_COLUMNS, storage_options=storage_options)
+    train_rows = _split(conditions, "train")
+    stats = PatientStats.fit(train_rows["age"].to_numpy(zero_copy_only=False),
+                             train_rows["hr"].to_numpy(zero_copy_only=False))
+    # the workers print the epoch lines, which are the progress: no Ray Data bars
+    with ray_session(worker_output=True) as ray, data_context(enable_progress_bars=False):
+        from synthgen.train.datasets import split_datasets
 
-        from synthgen.train.datasets import split_dataset
-
-        DataContext.get_current().enable_progress_bars = False  # the epoch lines are the progress
-        gpu = gpu_budget(ray, gpu) > 0
-
-        datasets = {s: split_dataset(data, s, stats, storage_options) for s in ("train", "val")}
-        ctx = {"tc": tc, "out": out, "data": data, "workers": workers, "gpu": gpu, "datasets": datasets,
-               "storage_options": storage_options, "vae_model": vae_model, "unet_model": unet_model,
-               "embedder": emb, "stats": stats,
-               "dataset_info": dataset_info,
-               "command": command or f"synthgen train {stage} --data {data} --out {out} --preset {preset}"}
+        inputs = StageInputs(
+            hparams=hparams, gpu=gpu_budget(ray, run.gpu) > 0,
+            datasets=split_datasets(data, ("train", "val"), stats, storage_options), conditions=conditions,
+            vae_model=vae_model, unet_model=unet_model, embedder=embedder, stats=stats, dataset_info=dataset_info,
+            command=run.command or f"synthgen train {stage} --data {data} --out {out} --preset {run.preset}")
         if stage in ("vae", "all"):
-            vae_info = _run_vae(ctx)
+            vae_info = _run_vae(run, inputs)
             if stage == "vae":
                 return join(out, "vae")
         else:
             vae_info = read_json(fs_out, f"{out_path}/vae/vae.json")
-        return _run_diffusion(ctx, vae_info)
+        return _run_diffusion(run, inputs, vae_info)

@@ -19,6 +19,7 @@ from synthgen.data.record import RecordTask
 from synthgen.data.sources.common import age, number, open_src, read_table, require, sex, text
 from synthgen.data.splits import split_for_patient
 from synthgen.io.paths import StorageOptions, join, resolve
+from synthgen.io.shards import REPORT_SEP
 
 EXPECTED = "MIMIC-IV-ECG in PhysioNet's layout: record_list.csv, machine_measurements.csv, files/"
 _REPORT = re.compile(r"^report_(\d+)$")
@@ -55,7 +56,7 @@ def _task(row: dict, base: str, report_cols: list[str]) -> RecordTask:
     return RecordTask(
         ecg_id=f"{int(study):08d}" if study is not None else path, source="mimic-iv-ecg",
         path=join(base, path) if path else base, patient_id=subject, split=split_for_patient(subject),
-        reports=reports, report_text=" | ".join(reports), age=age(years), sex=sex(row.get("gender")),
+        reports=reports, report_text=REPORT_SEP.join(reports), age=age(years), sex=sex(row.get("gender")),
         rr_ms=number(row["rr_interval"]), labels=labels_from_text(reports),
         problem=None if path else ("missing_record", "record_list.csv row has no path"),
     )

@@ -43,7 +43,6 @@ SOURCE = "physionet-challenge"
 EXPECTED = "PhysioNet/CinC Challenge records: NAME.hea + NAME.mat with #Age, #Sex and #Dx header comments"
 STATEMENTS_TABLE = "dx_statements.csv"
 NORMAL_ECG = "normal ECG"  # PTB-XL's NORM description
-REPORT_SEP = " | "
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from synthgen.data.sources.common import age, number, open_src, read_table, reco
 from synthgen.data.splits import split_for_patient
 from synthgen.errors import InputError
 from synthgen.io.paths import StorageOptions, join, resolve
+from synthgen.io.shards import REPORT_SEP
 
 EXPECTED = "a folder of WFDB records (.hea/.dat)"
-REPORT_SEP = " | "
 _REPORT = re.compile(r"^report_(\d+)$")
 
 

@@ -1,33 +1,34 @@
-"""Output files of `synthgen generate`: the Parquet shard schema (docs/schema-outputs.md) and WFDB records.
+"""Outputs of `synthgen generate` (schema generated-v2, docs/schema-outputs.md): the Parquet shard schema, the
+layout of an output folder (shard names, commit markers), its WFDB records and the reader every command uses.
 
 The signal is stored as nested fixed-size lists (12 × 1024 float32), so plain pandas/pyarrow readers get the
-shape without Ray's tensor extension type — the same layout as the training shards.
+shape without Ray's tensor extension type — the same layout as the training shards (``synthgen.io.shards``).
 """
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from synthgen.conditions.spec import Condition
-from synthgen.data.plausibility import Plausibility
 from synthgen.ecg import FS, LEADS, N_LEADS, N_SAMPLES
-from synthgen.generate.manifest import TEXT_COLUMNS
-from synthgen.generate.plan import shard_name
 from synthgen.errors import InputError
-from synthgen.io.paths import StorageOptions, join, read_parquet, resolve
+from synthgen.io.paths import StorageOptions, join, read_parquet, resolve, write_bytes_atomic
+from synthgen.io.shards import REPORT_SEP, signal_array, to_parquet_bytes
 from synthgen.io.wfdb import WfdbRecord, write_records
+
+if TYPE_CHECKING:  # the rows' inputs; io sits below conditions/ and data/, so only their types are named here
+    from synthgen.conditions.spec import Condition
+    from synthgen.data.plausibility import Plausibility
 
 _PART = re.compile(r"part-(\d+)")
 SCHEMA_VERSION = "generated-v2"  # v2: attempt, plausible, implausible_reasons, measured_hr
-REPORT_SEP = " | "
+TEXT_COLUMNS = ("label", "condition_source", "condition_citation")  # manifest free text, copied to every row
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -73,6 +74,11 @@ class Provenance:
     synthgen_version: str
 
 
+def shard_name(shard: int) -> str:
+    """Name of output shard ``shard`` (its Parquet file and WFDB folder), the same on every rerun."""
+    return f"part-{shard:05d}"
+
+
 def commit_marker(shard: int, output_format: str) -> str:
     """The file whose presence means the shard is complete (written last): its Parquet file, or for
     WFDB-only runs the record folder's RECORDS list."""
@@ -102,12 +108,10 @@ def shard_table(signals: np.ndarray, conditions: list[Condition], text_fields: l
     n = len(conditions)
     if signals.shape != (n, N_LEADS, N_SAMPLES):
         raise ValueError(f"sampler returned {signals.shape}, expected ({n}, {N_LEADS}, {N_SAMPLES})")
-    flat = pa.array(np.ascontiguousarray(signals, dtype=np.float32).reshape(-1))
-    signal = pa.FixedSizeListArray.from_arrays(pa.FixedSizeListArray.from_arrays(flat, N_SAMPLES), N_LEADS)
     names = [record_name(int(s), int(i)) for s, i in zip(spec_ids, indices)]
     columns = {
         "ecg_id": names,
-        "signal": signal,
+        "signal": signal_array(signals),
         "reports": [list(c.reports) for c in conditions],
         "report_text": [REPORT_SEP.join(c.reports) for c in conditions],
         "age": [c.age for c in conditions],
@@ -123,13 +127,6 @@ def shard_table(signals: np.ndarray, conditions: list[Condition], text_fields: l
         "wfdb_record": [f"{wfdb_dir}/{name}" for name in names] if wfdb_dir else [None] * n,
     }
     return pa.Table.from_pydict(columns, schema=OUTPUT_SCHEMA)
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    """The whole shard file in memory, so it can be committed with one atomic write."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
 
 
 def resample(signals: np.ndarray, fs_out: float) -> np.ndarray:
@@ -158,6 +155,19 @@ def write_wfdb_records(fs: fsspec.AbstractFileSystem, out_dir: str, table: pa.Ta
                for row, x in zip(rows, sig))
     # RECORDS (the WFDB database index) goes last: in WFDB-only runs it is the shard's commit marker
     write_records(fs, out_dir, records)
+
+
+def write_parts(columns: pa.Table, x: np.ndarray, out: str, rows_per_part: int,
+                storage_options: StorageOptions = None) -> int:
+    """Rows of ``columns`` with ECGs ``x`` (N, 12, 1024) as their ``signal`` → ``<out>/shards/part-NNNNN.parquet``
+    of ``rows_per_part`` rows (at least one part), the layout ``read_generated`` reads (e.g. `evaluate`'s peer
+    sets); returns the row count."""
+    fs, root = resolve(out, storage_options)
+    for part, start in enumerate(range(0, max(len(x), 1), rows_per_part)):
+        chunk = x[start:start + rows_per_part]
+        table = columns.slice(start, len(chunk)).append_column("signal", signal_array(chunk))
+        write_bytes_atomic(fs, join(root, "shards", f"{shard_name(part)}.parquet"), to_parquet_bytes(table))
+    return len(x)
 
 
 READ_COLUMNS = ("ecg_id", "signal", "reports", "hr", "label")  # what every reader of generated ECGs needs

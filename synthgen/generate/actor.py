@@ -1,6 +1,8 @@
-"""The Ray Data callable class that turns one shard descriptor into committed output files.
+"""The Ray actor of `synthgen generate`: the Ray Data callable class that turns one shard id into committed
+output files.
 
-One instance per actor: it loads the model once in ``__init__`` and, per shard, samples in mini-batches,
+One instance per actor, built from a small payload (the run's GenerateConfig, the shard plan, the manifest's
+specs, the provenance): it loads the model once in ``__init__`` and, per shard, samples in mini-batches,
 writes the shard's WFDB records (optional) and then its Parquet file — the Parquet file is the commit marker,
 written atomically under a deterministic name, so a retried shard can only ever replace itself.
 """
@@ -17,10 +19,12 @@ from synthgen.cluster import device_label
 from synthgen.conditions.spec import Condition
 from synthgen.data.plausibility import Plausibility, check_many
 from synthgen.errors import StorageError, outside_failure, transient
-from synthgen.generate.plan import Plan, retry_seed, shard_name
-from synthgen.generate.writers import (Provenance, commit_marker, parquet_bytes, shard_table,
-                                      write_wfdb_records)
+from synthgen.generate.config import GenerateConfig
+from synthgen.generate.manifest import Spec
+from synthgen.generate.plan import Plan, retry_seed
+from synthgen.io.generated import Provenance, commit_marker, shard_name, shard_table, write_wfdb_records
 from synthgen.io.paths import StorageOptions, join, resolve, write_bytes_atomic
+from synthgen.io.shards import to_parquet_bytes
 
 if TYPE_CHECKING:
     from synthgen.pipeline import ECGPipeline
@@ -66,35 +70,31 @@ def with_retries(fn: Callable[[], T], attempts: int = 8, first_delay_s: float = 
 class ShardSampler:
     """``map_batches`` UDF: a batch of shard ids in, one summary row per shard out."""
 
-    def __init__(self, *, model: str | None, storage_options: StorageOptions, out: str, plan: Plan,
-                 conditions: list[Condition], text_fields: list[dict[str, str | None]], prov: Provenance,
-                 sampler: str, steps: int, guidance: float, batch_size: int, output_format: str, wfdb_fs: float | None,
-                 device: str, threads: int | None, replace_implausible: int = 0) -> None:
-        self.model = load_pipeline(model, storage_options, device=device, threads=threads)
+    def __init__(self, *, config: GenerateConfig, plan: Plan, specs: list[Spec], prov: Provenance, device: str,
+                 threads: int | None) -> None:
+        self.pipeline = load_pipeline(config.model, config.storage_options, device=device, threads=threads)
         self.device = device_label(device)  # reported per shard: what ran where
-        self.out = out
-        self.fs, self.root = resolve(out, storage_options)
-        self.plan, self.conditions, self.text_fields, self.prov = plan, conditions, text_fields, prov
-        self.sample_kw = dict(sampler=sampler, steps=steps, guidance=guidance)
-        self.batch_size, self.output_format, self.wfdb_fs = batch_size, output_format, wfdb_fs
-        self.replace_implausible = replace_implausible
+        self.config, self.plan, self.specs, self.prov = config, plan, specs, prov
+        self.fs, self.root = resolve(config.out, config.storage_options)
 
     def _sample(self, conds: list[Condition], seeds: np.ndarray) -> np.ndarray:
+        cfg, size = self.config, self.config.batch_size
         return np.concatenate([
-            self.model(conds[i:i + self.batch_size], [int(s) for s in seeds[i:i + self.batch_size]], **self.sample_kw)
-            for i in range(0, len(conds), self.batch_size)
+            self.pipeline(conds[i:i + size], [int(s) for s in seeds[i:i + size]], sampler=cfg.sampler,
+                          steps=cfg.steps, guidance=float(cfg.guidance))
+            for i in range(0, len(conds), size)
         ])
 
     def sample_plausible(self, conds: list[Condition], seeds: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Plausibility]]:
         """Sample, check each ECG, and redraw implausible ones from the next seeds of their own streams, up to
-        ``replace_implausible`` times. Returns (signals, seeds used, attempt per sample, verdicts); a sample
+        ``config.replace_implausible`` times. Returns (signals, seeds used, attempt per sample, verdicts); a sample
         still implausible after the last attempt is kept, flagged."""
         requested = np.array([np.nan if c.hr is None else float(c.hr) for c in conds])
         signals = self._sample(conds, seeds)
         used, attempts = seeds.copy(), np.zeros(len(conds), np.int32)
         verdicts = check_many(signals, requested)
-        for attempt in range(1, self.replace_implausible + 1):
+        for attempt in range(1, self.config.replace_implausible + 1):
             redo = [i for i, v in enumerate(verdicts) if not v.ok]
             if not redo:
                 break
@@ -112,28 +112,29 @@ class ShardSampler:
             line = outside_failure(e)
             if line is None:
                 raise
-            raise StorageError(f"--out {self.out}: {line}") from e
+            raise StorageError(f"--out {self.config.out}: {line}") from e
         return {key: np.array([r[key] for r in rows]) for key in rows[0]}
 
     def _shard(self, k: int) -> dict[str, float | int | bool | str]:
-        name = shard_name(k)
-        marker = join(self.root, commit_marker(k, self.output_format))
+        name, output_format = shard_name(k), self.config.output_format
+        marker = join(self.root, commit_marker(k, output_format))
         samples = self.plan.shard(k)
         if with_retries(lambda: self.fs.exists(marker)):  # a retried task whose shard is committed: no work
             return dict(shard=k, samples=len(samples.seeds), written=False, sample_s=0.0, write_s=0.0,
                         implausible=0, replaced=0, host=os.uname().nodename, device=self.device)
-        conds = [self.conditions[s] for s in samples.spec_ids]
+        specs = [self.specs[s] for s in samples.spec_ids]
+        conds = [s.condition for s in specs]
         t0 = time.perf_counter()
         signals, seeds, attempts, verdicts = self.sample_plausible(conds, samples.seeds)
         t1 = time.perf_counter()
-        wfdb_rel = f"wfdb/{name}" if self.output_format in ("wfdb", "both") else None
-        table = shard_table(signals, conds, [self.text_fields[s] for s in samples.spec_ids], samples.spec_ids,
+        wfdb_rel = f"wfdb/{name}" if output_format in ("wfdb", "both") else None
+        table = shard_table(signals, conds, [s.text_fields() for s in specs], samples.spec_ids,
                             samples.indices, seeds, self.prov, wfdb_rel, attempts, verdicts)
         if wfdb_rel:
             with_retries(lambda: write_wfdb_records(self.fs, join(self.root, wfdb_rel), table, signals,
-                                                    self.wfdb_fs))
-        if self.output_format != "wfdb":
-            data = parquet_bytes(table)
+                                                    self.config.wfdb_fs))
+        if output_format != "wfdb":
+            data = to_parquet_bytes(table)
             with_retries(lambda: write_bytes_atomic(self.fs, marker, data))
         return dict(shard=k, samples=len(conds), written=True, sample_s=t1 - t0,
                     write_s=time.perf_counter() - t1, implausible=sum(not v.ok for v in verdicts),

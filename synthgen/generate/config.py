@@ -1,0 +1,76 @@
+"""One `synthgen generate` run's settings: a frozen dataclass that goes from the CLI (or a YAML ``--config``)
+through the run to every sampler actor, and from which the run's identity and provenance are derived."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from synthgen import __version__
+from synthgen.errors import InputError
+from synthgen.io.generated import SCHEMA_VERSION, Provenance
+from synthgen.io.paths import StorageOptions
+from synthgen.model.schedulers import SAMPLERS
+
+FORMATS = ("parquet", "wfdb", "both")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Fields = the options of `synthgen generate` (``output_format`` is ``--format``), with its defaults;
+    docs/generate.md says what each one does."""
+
+    manifest: str
+    out: str
+    n: int | None = None
+    model: str | None = None  # None: the shipped model
+    sampler: str = "ddpm"
+    steps: int = 100
+    guidance: float = 2.0
+    seed: int = 0
+    batch_size: int = 32
+    actors: int | None = None
+    shard_size: int = 256
+    output_format: str = "parquet"
+    wfdb_fs: float | None = None
+    storage_options: StorageOptions = None
+    gpu: bool | None = None
+    progress: bool = True
+    replace_implausible: int = 0
+
+    def check(self) -> None:
+        """Every out-of-range setting at once, as one InputError naming the options."""
+        problems = [msg for bad, msg in (
+            (self.n is not None and self.n < 0, f"--n={self.n}: expected a non-negative integer"),
+            (self.sampler not in SAMPLERS, f"--sampler={self.sampler!r}: expected one of {', '.join(SAMPLERS)}"),
+            (self.steps < 1, f"--steps={self.steps}: expected a positive integer"),
+            (not math.isfinite(self.guidance) or self.guidance < 0,
+             f"--guidance={self.guidance}: expected a number >= 0"),
+            (self.seed < 0, f"--seed={self.seed}: expected a non-negative integer"),
+            (self.batch_size < 1, f"--batch-size={self.batch_size}: expected a positive integer"),
+            (self.actors is not None and self.actors < 1, f"--actors={self.actors}: expected a positive integer"),
+            (self.shard_size < 1, f"--shard-size={self.shard_size}: expected a positive integer"),
+            (self.output_format not in FORMATS,
+             f"--format={self.output_format!r}: expected one of {', '.join(FORMATS)}"),
+            (self.wfdb_fs is not None and not 0 < self.wfdb_fs <= 10_000,
+             f"--wfdb-fs={self.wfdb_fs}: expected a rate in Hz, 0-10000"),
+        ) if bad]
+        if problems:
+            raise InputError("; ".join(problems))
+        if self.replace_implausible < 0:
+            raise InputError(f"--replace-implausible={self.replace_implausible}: expected an integer >= 0")
+
+    def plan_params(self, manifest_sha256: str, counts_sha256: str, total: int, model_hash: str) -> dict:
+        """The ``params`` of ``_plan.json``: everything that decides which ECGs the run writes (its ``run_id`` is
+        their hash), so a rerun with other values is refused instead of mixing two runs in one folder."""
+        return {
+            "manifest_sha256": manifest_sha256, "counts_sha256": counts_sha256, "total": total,
+            "seed": self.seed, "model_hash": model_hash, "sampler": self.sampler,
+            "steps": self.steps, "guidance": float(self.guidance), "shard_size": self.shard_size,
+            "output_format": self.output_format, "wfdb_fs": self.wfdb_fs, "synthgen_version": __version__,
+            "schema": SCHEMA_VERSION, "replace_implausible": self.replace_implausible,
+        }
+
+    def provenance(self, run_id: str, model_hash: str) -> Provenance:
+        """The facts stamped on every output row and WFDB header."""
+        return Provenance(run_id, model_hash, self.sampler, self.steps, float(self.guidance), __version__)
