@@ -23,10 +23,13 @@ from synthgen.errors import InputError
 from synthgen.generate.manifest import Spec, read_manifest, sample_counts, specs_fingerprint
 from synthgen.generate.plan import Plan
 from synthgen.generate.sampler import ShardSampler, model_hash
+from synthgen.model.consistency import check_model_sampler
+from synthgen.model.schedulers import SAMPLERS as TEACHER_SAMPLERS
+from synthgen.model.schedulers import STUDENT_SAMPLERS
 from synthgen.generate.writers import SCHEMA_VERSION, Provenance, committed_shards
 from synthgen.io.paths import StorageOptions, check_writable, join, read_json, resolve, write_json_atomic
 
-SAMPLERS = ("ddpm", "ddim", "dpm++")
+SAMPLERS = TEACHER_SAMPLERS + STUDENT_SAMPLERS
 FORMATS = ("parquet", "wfdb", "both")
 
 
@@ -110,6 +113,7 @@ def generate(manifest: str, out: str, n: int | None = None, *, model: str | None
     _check_args(n, sampler, steps, guidance, seed, batch_size, actors, shard_size, output_format, wfdb_fs)
     if replace_implausible < 0:
         raise InputError(f"--replace-implausible={replace_implausible}: expected an integer >= 0")
+    check_model_sampler(model, storage_options, sampler, steps, guidance)
     specs = read_manifest(manifest, storage_options)
     counts = sample_counts(specs, n)
     params = {

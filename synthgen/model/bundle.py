@@ -2,6 +2,7 @@
 
     vae.safetensors    VAE weights (safetensors: loading never runs pickled code)
     unet.safetensors   U-Net weights
+    student.safetensors  optional: a distilled few-step U-Net (`synthgen train distill`, config key "student")
     MODEL_CARD.md      what the model is, what it was trained on, its limits
     config.json        module configs, latent scale, embedder, patient stats, noise schedule, training
                        provenance, and the sha256 of each weight file; written last, so a bundle without
@@ -30,7 +31,7 @@ from synthgen.model.vae import VAE, VAEConfig
 
 CONFIG_FILE = "config.json"
 CARD_FILE = "MODEL_CARD.md"
-WEIGHT_FILES = {"vae": "vae.safetensors", "unet": "unet.safetensors"}
+WEIGHT_FILES = {"vae": "vae.safetensors", "unet": "unet.safetensors", "student": "student.safetensors"}
 REQUIRED_KEYS = ("vae", "unet", "latent_scale", "embedder", "patient_stats", "noise", "files")  # to sample
 
 
@@ -43,6 +44,7 @@ class Bundle:
     config: dict[str, Any]
     model_hash: str
     url: str
+    student: UNet1D | None = None  # the distilled few-step U-Net (same architecture as ``unet``), if any
 
 
 def _sha256(data: bytes) -> str:
@@ -50,12 +52,14 @@ def _sha256(data: bytes) -> str:
 
 
 def save_bundle(url: str, vae: VAE, unet: UNet1D, config: dict[str, Any], card: str,
-                storage_options: StorageOptions = None) -> str:
+                storage_options: StorageOptions = None, student: UNet1D | None = None) -> str:
     """Write a bundle into directory ``url``; returns the model hash. ``config`` holds the contract's keys
-    (vae, unet, latent_scale, embedder, patient_stats, noise, data_fingerprint, training)."""
+    (vae, unet, latent_scale, embedder, patient_stats, noise, data_fingerprint, training), and "student"
+    when ``student`` is given."""
     fs, root = resolve(url, storage_options)
     files = {}
-    for name, module in (("vae", vae), ("unet", unet)):
+    modules = [("vae", vae), ("unet", unet)] + ([("student", student)] if student is not None else [])
+    for name, module in modules:
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         data = safetensors.torch.save(state)
         write_bytes_atomic(fs, join(root, WEIGHT_FILES[name]), data)
@@ -115,9 +119,12 @@ def load_bundle(url: str | None = None, storage_options: StorageOptions = None) 
     if unet.cfg.cond_dim != embedder["dim"]:
         raise InputError(f"{url}/{CONFIG_FILE}: unet.cond_dim {unet.cfg.cond_dim} != embedder.dim "
                          f"{embedder['dim']}")
-    for module, name in ((vae, WEIGHT_FILES["vae"]), (unet, WEIGHT_FILES["unet"])):
+    student = UNet1D(unet.cfg) if "student" in config else None
+    modules = [(vae, WEIGHT_FILES["vae"]), (unet, WEIGHT_FILES["unet"])]
+    for module, name in modules + ([(student, WEIGHT_FILES["student"])] if student is not None else []):
         expected = config["files"].get(name)
         if expected is None:
             raise InputError(f"{url}/{CONFIG_FILE} has no sha256 for {name}")
         _load_weights(module, read_bundle_file(fs, root, name, url, expected), name, url)
-    return Bundle(vae=vae.eval(), unet=unet.eval(), config=config, model_hash=_sha256(config_bytes), url=url)
+    return Bundle(vae=vae.eval(), unet=unet.eval(), config=config, model_hash=_sha256(config_bytes), url=url,
+                  student=None if student is None else student.eval())
