@@ -195,6 +195,8 @@ def train_distill(data: str = DataOpt,
                                                                    "(default: the shipped model)."),
                   preset: str = PresetOpt, workers: int = WorkersOpt, gpu: Optional[bool] = GpuOpt,
                   cache: Optional[str] = CacheOpt, seed: int = SeedOpt,
+                  epochs: Optional[int] = typer.Option(None, help="Epochs (default: the preset's)."),
+                  batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the preset's)."),
                   storage_options: Optional[str] = StorageOpt) -> None:
     """Stage 3: distil a teacher into a 1–4 step student (Latent Consistency Distillation, guidance folded in)
     for `generate --sampler lcm`. Rerun the same command to resume after a kill."""
@@ -202,7 +204,7 @@ def train_distill(data: str = DataOpt,
     from synthgen.train.distill_stage import distill
 
     typer.echo(distill(data, out, teacher=teacher, preset=preset, workers=workers, gpu=gpu, cache=cache, seed=seed,
-                       storage_options=_storage_options(storage_options),
+                       storage_options=_storage_options(storage_options), epochs=epochs, batch_size=batch_size,
                        command=shown_command("synthgen", sys.argv[1:])))
 
 

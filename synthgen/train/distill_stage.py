@@ -191,9 +191,10 @@ def _card(teacher_card: str, student: dict[str, Any], command: str) -> str:
 
 def distill(data: str, out: str, *, teacher: str | None = None, preset: str = "small", workers: int = 1,
             gpu: bool | None = None, cache: str | None = None, seed: int = 0, storage_options: dict | None = None,
-            command: str = "") -> str:
+            epochs: int | None = None, batch_size: int | None = None, command: str = "") -> str:
     """Distil ``teacher`` (a bundle URL; None: the shipped model) on the training shards at ``data`` into
-    ``out``/distilled (teacher + student bundle); returns its URL.
+    ``out``/distilled (teacher + student bundle); returns its URL. ``epochs``/``batch_size`` override the
+    preset's (``DistillConfig.stage``).
 
     Resumable like the other stages: rerunning the same command continues from ``out``/checkpoints/distill,
     and a finished run is not repeated. InputError for shards without a summary, a teacher that is not
@@ -202,7 +203,12 @@ def distill(data: str, out: str, *, teacher: str | None = None, preset: str = "s
     dataset_info = read_summary(data, storage_options)
     if dataset_info is None:
         raise InputError(f"--data {data}: no {SUMMARY} there; expected the output of `synthgen prepare`")
+    if (epochs is not None and epochs < 1) or (batch_size is not None and batch_size < 1):
+        raise InputError(f"--epochs {epochs} / --batch-size {batch_size}: expected positive integers")
     tc = get_preset(preset, seed=seed)
+    stage = replace(tc.distill.stage, **{k: v for k, v in (("epochs", epochs), ("batch_size", batch_size))
+                                         if v is not None})
+    tc = replace(tc, distill=replace(tc.distill, stage=stage))
     dc = tc.distill
     bundle = load_bundle(teacher, storage_options)
     noise = bundle.config["noise"]
