@@ -16,11 +16,13 @@ import argparse
 import time
 
 from synthgen.conditions.spec import Condition
-from synthgen.io.paths import join, read_bundle_file, resolve
-from synthgen.model.bundle import CARD_FILE, save_bundle
+from synthgen.io.bundles import read_card
+from synthgen.io.paths import join
+from synthgen.io.shards import read_shards
+from synthgen.model.bundle import save_bundle
 from synthgen.pipeline import ECGPipeline
 from synthgen.train.diffusion_stage import choose_eps_scale
-from synthgen.train.run import check_conditions
+from synthgen.train.run import CONDITION_COLUMNS, check_conditions
 
 
 def parse_sampler(text: str) -> tuple[str, int, tuple[float, ...]]:
@@ -48,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
 
     pipeline = ECGPipeline.from_bundle(args.model)
-    conditions = [Condition(**c) for c in check_conditions(args.data, args.n)]
+    conditions = [Condition(**c) for c in check_conditions(read_shards(args.data, columns=CONDITION_COLUMNS), args.n)]
     print(f"model {pipeline.bundle.model_hash[:12]}, {len(conditions)} validation conditions, "
           f"current factors {pipeline.eps_scale}", flush=True)
     old = pipeline.bundle.config.get("sampling", {})
@@ -63,9 +65,7 @@ def main() -> None:
                             f"(benchmarks/tune_eps_scale.py), guidance {args.guidance:g}")
     if args.write:
         bundle = pipeline.bundle
-        fs, root = resolve(bundle.url, None)
-        card = read_bundle_file(fs, root, CARD_FILE, bundle.url).decode()
-        card += retuned_note(sampling)
+        card = read_card(bundle.url) + retuned_note(sampling)
         config = {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")}
         model_hash = save_bundle(args.write, bundle.vae, bundle.unet, {**config, "sampling": sampling}, card)
         print(f"wrote {join(args.write, 'config.json')} (model hash {model_hash})")

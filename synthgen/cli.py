@@ -264,6 +264,27 @@ def train_all(data: str = DataOpt, out: str = OutOpt, preset: str = PresetOpt, w
     _train("all", data, out, preset, workers, gpu, embedder, cache, seed, storage_options)
 
 
+@train_app.command("distill")
+def train_distill(data: str = DataOpt,
+                  out: str = typer.Option(..., "--out", help="Run folder or s3:// URL: checkpoints and the "
+                                                             "distilled bundle (OUT/distilled)."),
+                  teacher: Optional[str] = typer.Option(None, help="Teacher bundle folder or URL, v-prediction "
+                                                                   "(default: the shipped model)."),
+                  preset: str = PresetOpt, workers: int = WorkersOpt, gpu: Optional[bool] = GpuOpt,
+                  cache: Optional[str] = CacheOpt, seed: int = SeedOpt,
+                  epochs: Optional[int] = typer.Option(None, help="Epochs (default: the preset's)."),
+                  batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the preset's)."),
+                  storage_options: Optional[str] = StorageOpt) -> None:
+    """Stage 3: distil a teacher into a 1–4 step student (Latent Consistency Distillation, guidance folded in)
+    for `generate --sampler lcm`. Rerun the same command to resume after a kill."""
+    from synthgen.io.paths import shown_command
+    from synthgen.train.distill_stage import distill
+
+    typer.echo(distill(data, out, teacher=teacher, preset=preset, workers=workers, gpu=gpu, cache=cache, seed=seed,
+                       storage_options=_storage_options(storage_options), epochs=epochs, batch_size=batch_size,
+                       command=shown_command("synthgen", sys.argv[1:])))
+
+
 # --------------------------------------------------------------------------------------------- generate
 class OutputFormat(str, Enum):
     parquet = "parquet"
@@ -279,7 +300,8 @@ def generate(
                                                "(default: the manifest's n column, else 1 per row)."),
     model: Optional[str] = typer.Option(None, help="Model bundle folder or URL (default: the shipped model)."),
     sampler: str = typer.Option("ddpm", help="ddpm (ancestral, the paper's; follows the requested HR best), "
-                                             "ddim or dpm++ (deterministic). See docs/benchmarks.md."),
+                                             "ddim or dpm++ (deterministic), or lcm (a distilled student from "
+                                             "`synthgen train distill`, 1-4 steps). See docs/benchmarks.md."),
     steps: int = typer.Option(100, help="Denoising steps (the paper's DDPM uses 1000)."),
     guidance: float = typer.Option(2.0, help="Classifier-free guidance scale (1 = none)."),
     seed: int = typer.Option(0, help="Run seed; each sample's seed derives from (seed, spec, index)."),

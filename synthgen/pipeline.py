@@ -1,5 +1,7 @@
 """ECGPipeline: conditions + seeds -> 12-lead ECGs in mV. It only composes parts (diffusers style):
 embedder and patient encoding -> U-Net + scheduler loop with classifier-free guidance -> VAE decoder.
+With ``sampler="lcm"`` the bundle's distilled student replaces the U-Net: 1–4 steps, guidance folded in
+(one network call per step; model/consistency.py).
 
 Reproducibility: every sample draws its initial latent and its ancestral noise from its own CPU
 ``torch.Generator(seed)``, so a sample depends only on its condition and seed, not on its batch-mates,
@@ -20,7 +22,8 @@ from synthgen.ecg import N_SAMPLES
 from synthgen.errors import InputError
 from synthgen.io.paths import StorageOptions
 from synthgen.model.bundle import Bundle, load_bundle
-from synthgen.model.schedulers import epsilon_scaling, make_scheduler
+from synthgen.model.consistency import check_student_sampler
+from synthgen.model.schedulers import STUDENT_SAMPLERS, epsilon_scaling, make_scheduler
 
 
 class ECGPipeline:
@@ -35,6 +38,7 @@ class ECGPipeline:
         self.bundle = bundle
         self.device = torch.device(device)
         self.vae, self.unet = bundle.vae.eval().to(self.device), bundle.unet.eval().to(self.device)
+        self.student = None if bundle.student is None else bundle.student.eval().to(self.device)
         self.patient_stats = PatientStats.from_dict(bundle.config["patient_stats"])
         self.latent_scale = float(bundle.config["latent_scale"])
         noise = bundle.config["noise"]  # sample on the schedule the model was trained with
@@ -80,12 +84,17 @@ class ECGPipeline:
                  steps: int = 100, guidance: float = 2.0, eps_scale: float | None = None) -> np.ndarray:
         """float32 (B, 12, 1024) ECGs in mV. ``sampler="ddpm", steps=1000`` is the paper's sampler.
         ``eps_scale``: the Epsilon Scaling factor (``model.schedulers.epsilon_scaling``); None takes the
-        bundle's for this sampler (1 = none)."""
+        bundle's for this sampler (1 = none). ``sampler="lcm"``: the distilled student, 1–4 steps, at the
+        guidance it was distilled with (InputError otherwise, or when the bundle has none)."""
         if len(conditions) != len(seeds):
             raise ValueError(f"{len(conditions)} conditions but {len(seeds)} seeds")
+        check_student_sampler(self.bundle.config, sampler, steps, guidance, self.bundle.url)
         if not conditions:
             return np.zeros((0, self.vae.cfg.in_channels, N_SAMPLES), np.float32)
-        scheduler = make_scheduler(sampler, **self.noise)
+        student = sampler in STUDENT_SAMPLERS
+        scheduler = make_scheduler(sampler, **self.noise, **(
+            {"original_inference_steps": self.bundle.config["student"]["original_inference_steps"]} if student
+            else {}))
         scheduler.set_timesteps(steps, device=self.device)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         shape = (1, self.unet.cfg.in_channels, N_SAMPLES // 2 ** (len(self.vae.cfg.channel_mult) - 1))
@@ -94,7 +103,11 @@ class ECGPipeline:
         cond = self.encode_conditions(conditions)
         factor = self.eps_scale.get(sampler, 1.0) if eps_scale is None else float(eps_scale)
         for t in scheduler.timesteps:
-            out = self.predict_noise(scheduler.scale_model_input(z, t), t, cond, guidance)
-            out = epsilon_scaling(out, z, scheduler.alphas_cumprod[int(t)], factor, self.noise["prediction_type"])
+            if student:  # guidance is folded into the student: one call on the conditional batch
+                out = self.student(z, t.expand(len(z)), *cond)
+            else:
+                out = self.predict_noise(scheduler.scale_model_input(z, t), t, cond, guidance)
+                out = epsilon_scaling(out, z, scheduler.alphas_cumprod[int(t)], factor,
+                                      self.noise["prediction_type"])
             z = scheduler.step(out, t, z, generator=generators).prev_sample
         return self.vae.decode(z / self.latent_scale).float().cpu().numpy()

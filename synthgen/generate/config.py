@@ -10,7 +10,7 @@ from synthgen import __version__
 from synthgen.errors import InputError
 from synthgen.io.generated import SCHEMA_VERSION, Provenance
 from synthgen.io.paths import StorageOptions
-from synthgen.model.schedulers import SAMPLERS
+from synthgen.model.schedulers import SAMPLERS, STUDENT_SAMPLERS
 
 FORMATS = ("parquet", "wfdb", "both")
 
@@ -42,7 +42,8 @@ class GenerateConfig:
         """Every out-of-range setting at once, as one InputError naming the options."""
         problems = [msg for bad, msg in (
             (self.n is not None and self.n < 0, f"--n={self.n}: expected a non-negative integer"),
-            (self.sampler not in SAMPLERS, f"--sampler={self.sampler!r}: expected one of {', '.join(SAMPLERS)}"),
+            (self.sampler not in SAMPLERS + STUDENT_SAMPLERS,
+             f"--sampler={self.sampler!r}: expected one of {', '.join(SAMPLERS + STUDENT_SAMPLERS)}"),
             (self.steps < 1, f"--steps={self.steps}: expected a positive integer"),
             (not math.isfinite(self.guidance) or self.guidance < 0,
              f"--guidance={self.guidance}: expected a number >= 0"),

@@ -23,6 +23,7 @@ from synthgen.generate.manifest import Spec, read_manifest, sample_counts, specs
 from synthgen.generate.plan import Plan
 from synthgen.io.generated import Provenance, committed_shards
 from synthgen.io.paths import check_writable, join, read_json, resolve, write_json_atomic
+from synthgen.model.consistency import check_model_sampler
 
 
 def _claim_out(fs, root: str, plan_doc: dict) -> None:
@@ -72,6 +73,7 @@ def run_generate(config: GenerateConfig) -> dict:
     stream, up to k times (deterministic, so exactly-once holds)."""
     config.check()
     out, storage_options = config.out, config.storage_options
+    check_model_sampler(config.model, storage_options, config.sampler, config.steps, config.guidance)
     specs = read_manifest(config.manifest, storage_options)
     counts = sample_counts(specs, config.n)
     params = config.plan_params(specs_fingerprint(specs), hashlib.sha256(json.dumps(counts).encode()).hexdigest(),

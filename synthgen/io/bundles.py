@@ -91,3 +91,8 @@ def load_weights(module: nn.Module, url: str, name: str, sha256_expected: str, k
     except RuntimeError as err:  # shape or key mismatch between the config and the weights
         raise InputError(f"{kind} bundle {url}: {name} does not match its config: {err}") from None
 
+
+def read_card(url: str, storage_options: StorageOptions = None) -> str:
+    """The bundle's MODEL_CARD.md (not hashed: a derived bundle extends its parent's card)."""
+    fs, root = resolve(url, storage_options)
+    return _read_file(fs, root, CARD_FILE, url).decode()

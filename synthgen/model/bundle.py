@@ -3,6 +3,7 @@
 
     vae.safetensors    VAE weights
     unet.safetensors   U-Net weights
+    student.safetensors  optional: a distilled few-step U-Net (`synthgen train distill`, config key "student")
     MODEL_CARD.md      what the model is, what it was trained on, its limits
     config.json        module configs, latent scale, embedder, patient stats, noise schedule, training
                        provenance, and the sha256 of each weight file; written last
@@ -23,7 +24,7 @@ from synthgen.io.paths import StorageOptions
 from synthgen.model.unet import UNet1D, UNetConfig
 from synthgen.model.vae import VAE, VAEConfig
 
-WEIGHT_FILES = {"vae": "vae.safetensors", "unet": "unet.safetensors"}
+WEIGHT_FILES = {"vae": "vae.safetensors", "unet": "unet.safetensors", "student": "student.safetensors"}
 REQUIRED_KEYS = ("vae", "unet", "latent_scale", "embedder", "patient_stats", "noise", "files")  # to sample
 
 
@@ -36,14 +37,18 @@ class Bundle:
     config: dict[str, Any]
     model_hash: str
     url: str
+    student: UNet1D | None = None  # the distilled few-step U-Net (same architecture as ``unet``), if any
 
 
 def save_bundle(url: str, vae: VAE, unet: UNet1D, config: dict[str, Any], card: str,
-                storage_options: StorageOptions = None) -> str:
+                storage_options: StorageOptions = None, student: UNet1D | None = None) -> str:
     """Write a bundle into directory ``url``; returns the model hash. ``config`` holds the contract's keys
-    (vae, unet, latent_scale, embedder, patient_stats, noise, data_fingerprint, training)."""
-    return save_bundle_files(url, {WEIGHT_FILES["vae"]: vae, WEIGHT_FILES["unet"]: unet}, config, card,
-                             storage_options)
+    (vae, unet, latent_scale, embedder, patient_stats, noise, data_fingerprint, training), and "student"
+    when ``student`` is given."""
+    modules = {WEIGHT_FILES["vae"]: vae, WEIGHT_FILES["unet"]: unet}
+    if student is not None:
+        modules[WEIGHT_FILES["student"]] = student
+    return save_bundle_files(url, modules, config, card, storage_options)
 
 
 def shipped_bundle_url(kind: str = "model") -> str:
@@ -82,9 +87,12 @@ def load_bundle(url: str | None = None, storage_options: StorageOptions = None) 
     if unet.cfg.cond_dim != embedder["dim"]:
         raise InputError(f"{url}/{CONFIG_FILE}: unet.cond_dim {unet.cfg.cond_dim} != embedder.dim "
                          f"{embedder['dim']}")
-    for module, name in ((vae, WEIGHT_FILES["vae"]), (unet, WEIGHT_FILES["unet"])):
+    student = UNet1D(unet.cfg) if "student" in config else None
+    modules = [(vae, WEIGHT_FILES["vae"]), (unet, WEIGHT_FILES["unet"])]
+    for module, name in modules + ([(student, WEIGHT_FILES["student"])] if student is not None else []):
         expected = config["files"].get(name)
         if expected is None:
             raise InputError(f"{url}/{CONFIG_FILE} has no sha256 for {name}")
         load_weights(module, url, name, expected, "model", storage_options)
-    return Bundle(vae=vae.eval(), unet=unet.eval(), config=config, model_hash=model_hash, url=url)
+    return Bundle(vae=vae.eval(), unet=unet.eval(), config=config, model_hash=model_hash, url=url,
+                  student=None if student is None else student.eval())

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++")
+# Few-step samplers of a distilled student (a bundle from `synthgen train distill`; model/consistency.py).
+STUDENT_SAMPLERS: tuple[str, ...] = ("lcm",)
 
 
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
@@ -16,7 +18,7 @@ PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction")
 
 def make_scheduler(name: str, num_train_timesteps: int = 1000, beta_start: float = 0.00085,
                    beta_end: float = 0.012, prediction_type: str = "epsilon",
-                   zero_terminal_snr: bool = False) -> Any:
+                   zero_terminal_snr: bool = False, original_inference_steps: int = 50) -> Any:
     """A fresh diffusers scheduler (they are stateful: one per sampling run).
 
     "ddpm": ancestral sampling, the paper's sampler (use 1000 steps); "ddim": deterministic (eta=0);
@@ -28,6 +30,10 @@ def make_scheduler(name: str, num_train_timesteps: int = 1000, beta_start: float
     al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed"): with ᾱ_T > 0 training leaves a
     trace of x₀ in x_T that sampling from pure noise cannot supply. It needs v-prediction (ε says nothing
     about x₀ at ᾱ = 0); raises ValueError otherwise.
+
+    "lcm": the multistep consistency sampler of a distilled student (Luo et al. 2023), whose timesteps are
+    1–4 of the ``original_inference_steps`` the student was distilled on; x₀ through the c_skip/c_out
+    boundary parameterisation (timestep scaling 10, diffusers' default and what training uses).
     """
     import diffusers
 
@@ -45,7 +51,10 @@ def make_scheduler(name: str, num_train_timesteps: int = 1000, beta_start: float
         return diffusers.DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, steps_offset=1)
     if name == "dpm++":
         return diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
-    raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+    if name == "lcm":
+        return diffusers.LCMScheduler(**common, clip_sample=False, set_alpha_to_one=True,
+                                      original_inference_steps=original_inference_steps)
+    raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS + STUDENT_SAMPLERS)}")
 
 
 def epsilon_scaling(model_output: Any, sample: Any, alpha_bar: Any, factor: float, prediction_type: str) -> Any:

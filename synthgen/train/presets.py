@@ -22,6 +22,36 @@ class StageConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Stage 3, Latent Consistency Distillation of a teacher bundle into a 1–4 step student
+    (train/distill_stage.py, docs/model.md "Few-step sampling")."""
+
+    stage: StageConfig = field(default_factory=lambda: StageConfig(epochs=60, batch_size=32, lr=5e-5,
+                                                                   checkpoint_every=100))
+    guidance: float = 2.0            # classifier-free guidance folded into the student (the generate default)
+    original_steps: int = 50         # N: teacher DDIM solver grid on T=1000, skipping step k = T // N = 20
+    # Epsilon Scaling of the teacher's DDIM steps; None: the teacher bundle's factor for "ddim" (1 if none).
+    teacher_eps_scale: float | None = None
+    target_ema_decay: float = 0.95   # the target network θ⁻ = EMA of the student (LCM, consistency models)
+    huber_c: float = 0.001           # pseudo-Huber loss constant (diffusers' LCD scripts)
+    p_drop_text: float = 0.05        # the student sees missing reports and patient features as the teacher
+    p_drop_feature: float = 0.1      # did (never all at once: guidance is folded in)
+    sample_check_every: int = 2      # epochs between sample checks, which choose the kept target weights
+    sample_check_n: int = 32
+    sample_check_steps: tuple[int, ...] = (1, 2, 4)
+    # the teacher's own score on the same conditions, recorded in the bundle beside the student's
+    teacher_reference: tuple[tuple[str, int], ...] = (("ddpm", 100), ("ddim", 50))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
+        d = dict(d)
+        d["stage"] = StageConfig(**d["stage"])
+        d["sample_check_steps"] = tuple(int(s) for s in d["sample_check_steps"])
+        d["teacher_reference"] = tuple((str(a), int(b)) for a, b in d["teacher_reference"])
+        return cls(**d)
+
+
+@dataclass
 class TrainConfig:
     preset: str
     model_size: str = "small"                                 # "small" or "paper" model configs
@@ -53,6 +83,7 @@ class TrainConfig:
     # is saved in the bundle (config.json: sampling.eps_scale) and applied by the pipeline.
     eps_scale_grid: tuple[float, ...] = (1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3)
     eps_scale_samplers: tuple[tuple[str, int], ...] = (("ddpm", 100), ("dpm++", 20), ("ddim", 50))
+    distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +102,7 @@ class TrainConfig:
         for key in ("sample_check_samplers", "eps_scale_samplers"):
             d[key] = tuple((str(a), int(b)) for a, b in d[key])
         d["eps_scale_grid"] = tuple(float(f) for f in d["eps_scale_grid"])
+        d["distill"] = DistillConfig.from_dict(d["distill"])
         return cls(**d)
 
 
@@ -94,6 +126,7 @@ def _paper() -> TrainConfig:
         diffusion=StageConfig(epochs=300, batch_size=512, lr=5e-4, checkpoint_every=1000),
         kl_anneal_epochs=30,
         ema_decay=0.9999,
+        distill=DistillConfig(stage=StageConfig(epochs=30, batch_size=256, lr=2e-5, checkpoint_every=500)),
     )
 
 
@@ -113,6 +146,9 @@ def _tiny() -> TrainConfig:
         sample_check_samplers=(("ddpm", 4), ("dpm++", 3)),
         eps_scale_grid=(1.0, 1.2),
         eps_scale_samplers=(("ddpm", 4), ("dpm++", 3)),
+        distill=DistillConfig(stage=StageConfig(epochs=1, batch_size=32, lr=1e-4, checkpoint_every=5),
+                              target_ema_decay=0.9, sample_check_every=1, sample_check_n=4,
+                              teacher_reference=(("ddpm", 4),)),
     )
 
 

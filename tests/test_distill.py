@@ -1,0 +1,236 @@
+"""Few-step sampling (issue 11): the consistency maths against diffusers' samplers, the "lcm" sampler on a
+bundle with a student, its errors, and a real tiny `synthgen train distill` run on PTB-XL (local Ray)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthgen.conditions.spec import Condition
+from synthgen.errors import InputError
+from synthgen.model.bundle import load_bundle, save_bundle
+from synthgen.model.consistency import consistency_output, solver_timesteps, teacher_ddim_step
+from synthgen.model.schedulers import epsilon_scaling, make_scheduler
+from synthgen.model.unet import UNet1D
+from synthgen.model.vae import VAE
+from synthgen.pipeline import ECGPipeline
+from synthgen.train.presets import get_preset
+from test_model import TINY_VAE, single_thread, tiny_unet_config  # noqa: F401 (autouse fixture)
+from test_pipeline import CONDITIONS, HashEmbedder
+
+NOISE = {"T": 1000, "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "v_prediction",
+         "zero_terminal_snr": True}  # the shipped teacher's schedule
+STUDENT = {"method": "test", "sampler": "lcm", "guidance": 2.0, "original_inference_steps": 50, "max_steps": 4}
+SYNTHGEN = [sys.executable, "-m", "synthgen"]
+
+
+def tiny_teacher(url: str, embedder_name: str = "test-hash", dim: int = 16, prediction_type: str = "v_prediction",
+                 student: bool = False) -> str:
+    """A random v-prediction, zero-terminal-SNR bundle (optionally with a random student); its model hash."""
+    torch.manual_seed(0)
+    vae, unet = VAE(TINY_VAE), UNet1D(tiny_unet_config(dim))
+    torch.nn.init.normal_(unet.conv_out.weight, std=0.1)
+    other = UNet1D(tiny_unet_config(dim)) if student else None
+    if other is not None:
+        torch.nn.init.normal_(other.conv_out.weight, std=0.1)
+    config = {"vae": asdict(TINY_VAE), "unet": asdict(unet.cfg), "latent_scale": 0.5,
+              "embedder": {"name": embedder_name, "dim": dim},
+              "patient_stats": {"age_mean": 60.0, "age_std": 15.0, "hr_mean": 75.0, "hr_std": 15.0},
+              "noise": {**NOISE, "prediction_type": prediction_type,
+                        "zero_terminal_snr": prediction_type == "v_prediction"},
+              "data_fingerprint": "test", "training": {"note": "random weights"},
+              **({"student": STUDENT} if student else {})}
+    return save_bundle(url, vae, unet, config, "# Tiny test teacher\n", student=other)
+
+
+def lcm_scheduler(steps: int | None = None):
+    s = make_scheduler("lcm", 1000, 0.00085, 0.012, "v_prediction", True, original_inference_steps=50)
+    if steps:
+        s.set_timesteps(steps)
+    return s
+
+
+# ---------------------------------------------------------------------------------------------- maths
+def test_consistency_function_is_the_identity_at_the_boundary_and_x0_at_the_start():
+    """c_skip(0) = 1, c_out(0) = 0: f(x, 0) = x whatever the network says; at t = 999 (ᾱ = 0) f is the
+    network's x̂₀ = −v alone (c_skip ≈ 0), which is what one-step sampling returns."""
+    scheduler = lcm_scheduler()
+    g = torch.Generator().manual_seed(0)
+    x, out = torch.randn(3, 4, 128, generator=g), torch.randn(3, 4, 128, generator=g)
+    c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(torch.tensor([0.0]))
+    assert float(c_skip) == 1.0 and float(c_out) == 0.0
+    torch.testing.assert_close(consistency_output(scheduler, out, x, torch.zeros(3, dtype=torch.long),
+                                                  "v_prediction"), x)
+    start = consistency_output(scheduler, out, x, torch.full((3,), 999), "v_prediction")
+    torch.testing.assert_close(start, -out, atol=1e-4, rtol=0)
+
+
+def test_training_target_parameterisation_is_the_lcm_samplers():
+    """The student is trained on consistency_output with per-sample timesteps; the "lcm" sampler steps with
+    diffusers' LCMScheduler: both must compute the same x₀ at each of its timesteps."""
+    scheduler = lcm_scheduler(4)
+    assert scheduler.timesteps.tolist() == [999, 759, 499, 259]
+    assert set(scheduler.timesteps.tolist()) <= set(solver_timesteps(1000, 50).tolist())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 128, generator=g)
+    for t in scheduler.timesteps:
+        out = torch.randn(2, 4, 128, generator=g)
+        ours = consistency_output(scheduler, out, x, t.expand(2), "v_prediction")
+        step = scheduler.step(out, t, x, generator=torch.Generator().manual_seed(2))
+        torch.testing.assert_close(ours, step.denoised, atol=1e-5, rtol=1e-5)
+        x = step.prev_sample
+
+
+@pytest.mark.parametrize("eps_scale", [1.0, 1.1])
+def test_teacher_solver_is_the_ddim_sampler_with_epsilon_scaling(eps_scale):
+    """The teacher's skipping step (k = 20) is one step of the pipeline's "ddim" sampler at 50 steps, Epsilon
+    Scaling included, at every grid timestep: at t = 999 (pure noise), in between, and the last, t = 19 → x̂₀."""
+    ddim = make_scheduler("ddim", 1000, 0.00085, 0.012, "v_prediction", True)
+    ddim.set_timesteps(50)
+    alphas = ddim.alphas_cumprod
+    assert ddim.timesteps.tolist() == solver_timesteps(1000, 50).flip(0).tolist()
+    g = torch.Generator().manual_seed(3)
+    for t in (999, 499, 19):
+        x, out = torch.randn(2, 4, 128, generator=g), torch.randn(2, 4, 128, generator=g)
+        scaled = epsilon_scaling(out, x, alphas[t], eps_scale, "v_prediction")
+        expected = ddim.step(scaled, t, x).prev_sample
+        a_prev = alphas[t - 20] if t >= 20 else torch.tensor(1.0)
+        ours = teacher_ddim_step(out, x, alphas[t].expand(2)[:, None, None], a_prev.expand(2)[:, None, None],
+                                 "v_prediction", eps_scale)
+        torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
+
+
+# -------------------------------------------------------------------------------------------- sampler
+@pytest.fixture(scope="module")
+def student_pipe(tmp_path_factory: pytest.TempPathFactory) -> ECGPipeline:
+    url = str(tmp_path_factory.mktemp("student"))
+    tiny_teacher(url, student=True)
+    return ECGPipeline(load_bundle(url), embedder=HashEmbedder())
+
+
+def test_bundle_keeps_the_student_and_checks_its_hash(tmp_path: Path):
+    url = tmp_path / "m"
+    tiny_teacher(str(url), student=True)
+    bundle = load_bundle(str(url))
+    assert set(bundle.config["files"]) == {"vae.safetensors", "unet.safetensors", "student.safetensors"}
+    assert bundle.student is not None and not bundle.student.training
+    assert not torch.equal(bundle.student.conv_out.weight, bundle.unet.conv_out.weight)
+    data = bytearray((url / "student.safetensors").read_bytes())
+    data[-1] ^= 1
+    (url / "student.safetensors").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="student.safetensors has sha256"):
+        load_bundle(str(url))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_student_samples_in_one_to_four_steps(student_pipe: ECGPipeline, steps: int):
+    a = student_pipe(CONDITIONS, seeds=[1, 2, 3], sampler="lcm", steps=steps)
+    assert a.shape == (3, 12, 1024) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, student_pipe(CONDITIONS, seeds=[1, 2, 3], sampler="lcm", steps=steps))
+    alone = student_pipe(CONDITIONS[1:2], seeds=[2], sampler="lcm", steps=steps)
+    np.testing.assert_allclose(alone[0], a[1], atol=1e-5)  # independent of batch-mates, noise included
+    # it is the student that samples, not the teacher's U-Net
+    ddim_student_steps = student_pipe(CONDITIONS, seeds=[1, 2, 3], sampler="ddim", steps=steps)
+    assert not np.allclose(a, ddim_student_steps)
+
+
+def test_student_uses_one_network_call_per_step(student_pipe: ECGPipeline):
+    calls = []
+    hook = student_pipe.student.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    teacher_hook = student_pipe.unet.register_forward_hook(lambda m, i, o: calls.append(-1))
+    try:
+        student_pipe(CONDITIONS, seeds=[1, 2, 3], sampler="lcm", steps=2)
+    finally:
+        hook.remove()
+        teacher_hook.remove()
+    assert calls == [3, 3]  # guidance folded in: no doubled batch, no teacher call
+
+
+def test_student_sampler_errors(student_pipe: ECGPipeline, tmp_path: Path):
+    for steps in (0, 5):
+        with pytest.raises(InputError, match=f"--steps {steps}: the lcm student samples in 1 to 4 steps"):
+            student_pipe(CONDITIONS, seeds=[1, 2, 3], sampler="lcm", steps=steps)
+    with pytest.raises(InputError, match="--guidance 3: the lcm student has guidance 2 folded in"):
+        student_pipe(CONDITIONS, seeds=[1, 2, 3], sampler="lcm", steps=2, guidance=3.0)
+    tiny_teacher(str(tmp_path / "plain"))
+    plain = ECGPipeline(load_bundle(str(tmp_path / "plain")), embedder=HashEmbedder())
+    with pytest.raises(InputError, match="has no distilled student; make one with `synthgen train distill`"):
+        plain(CONDITIONS, seeds=[1, 2, 3], sampler="lcm", steps=2)
+
+
+def test_generate_refuses_lcm_without_a_student_before_writing(tmp_path: Path):
+    """The shipped model has no student: one line, exit 2, nothing written (checked on the driver)."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("report,age,sex,hr\nsinus rhythm,60,M,70\n")
+    run = subprocess.run([*SYNTHGEN, "generate", "--manifest", str(manifest), "--out", str(tmp_path / "out"),
+                          "--sampler", "lcm", "--steps", "2"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().count("\n") == 0 and "has no distilled student" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------- training
+def test_distill_config_round_trips():
+    from synthgen.train.presets import TrainConfig
+
+    for name in ("small", "paper", "tiny"):
+        tc = get_preset(name, seed=2)
+        assert TrainConfig.from_dict(tc.to_dict()) == tc
+        assert TrainConfig.from_dict(json.loads(json.dumps(tc.to_dict()))).distill == tc.distill
+
+
+def test_distill_refuses_an_epsilon_teacher(ptbxl_shards, tmp_path: Path):
+    from synthgen.train.distill_stage import distill
+
+    teacher = tmp_path / "eps"
+    tiny_teacher(str(teacher), "local", 384, prediction_type="epsilon")
+    with pytest.raises(InputError, match="noise.prediction_type is 'epsilon'; distillation needs a 'v_prediction'"):
+        distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), preset="tiny")
+    assert not (tmp_path / "run").exists()
+
+
+def test_tiny_distillation_writes_a_bundle_whose_student_samples(ptbxl_shards, ray_local, tmp_path: Path):
+    """`synthgen train distill` (tiny preset, 1 worker) on the real PTB-XL shards from a tiny v-prediction
+    teacher: the bundle holds teacher + student, the student samples in 1, 2 and 4 steps, a rerun is a no-op."""
+    from synthgen.conditions.embedders import get_embedder
+
+    teacher, out = tmp_path / "teacher", tmp_path / "run"
+    teacher_hash = tiny_teacher(str(teacher), "local", 384)
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    args = [*SYNTHGEN, "train", "distill", "--data", str(ptbxl_shards), "--out", str(out), "--teacher", str(teacher),
+            "--preset", "tiny"]
+    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == str(out / "distilled")
+    assert "[distill] epoch 1/1" in run.stdout
+
+    bundle = load_bundle(str(out / "distilled"))
+    student = bundle.config["student"]
+    tiny = get_preset("tiny").distill
+    assert student["teacher"]["model_hash"] == teacher_hash and student["guidance"] == tiny.guidance
+    assert set(student["scores"]) == {f"lcm-{s}" for s in tiny.sample_check_steps}
+    assert set(student["teacher_scores"]) == {f"{s}-{n}" for s, n in tiny.teacher_reference}
+    assert student["training"]["steps"] > 0 and student["training"]["best_epoch"] == 1
+    # the teacher travels unchanged; the student was trained away from its initial copy of the teacher
+    teacher_bundle = load_bundle(str(teacher))
+    assert all(torch.equal(a, b) for a, b in zip(bundle.unet.state_dict().values(),
+                                                 teacher_bundle.unet.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(bundle.student.state_dict().values(),
+                                                     teacher_bundle.unet.state_dict().values()))
+    assert "Stage 3: few-step student" in (out / "distilled" / "MODEL_CARD.md").read_text()
+
+    pipe = ECGPipeline(bundle, get_embedder("local"))
+    for steps in (1, 2, 4):
+        ecg = pipe([Condition(("sinus rhythm",), 60, "F", 70)], seeds=[5], sampler="lcm", steps=steps)
+        assert ecg.shape == (1, 12, 1024) and np.isfinite(ecg).all()
+
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already distilled" in again.stdout
