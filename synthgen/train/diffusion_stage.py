@@ -26,7 +26,7 @@ from synthgen.model.unet import UNet1D, UNetConfig
 from synthgen.model.vae import VAE, VAEConfig
 from synthgen.pipeline import ECGPipeline
 from synthgen.train.datasets import iter_numpy
-from synthgen.train.loop import fit, mean_over_workers, seed_worker, shuffle_seed, unwrap
+from synthgen.train.loop import fit, mean_over_workers, optimizer_step, seed_worker, shuffle_seed, unwrap
 from synthgen.train.presets import TrainConfig
 
 
@@ -174,13 +174,7 @@ def diffusion_worker(config: dict[str, Any]) -> None:
             z_t, t, text, patient, present, target = inputs(batch, None)
             text_present, present = drop_conditions(torch.ones(len(t), dtype=torch.bool), present.cpu(), tc)
         out = unet(z_t, t, text, text_present.to(device), patient, present.to(device))
-        loss = F.mse_loss(out, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        ema.update(unwrap(unet))
-        return loss.item()
+        return optimizer_step(F.mse_loss(out, target), unet, optimizer, ema)
 
     @torch.no_grad()
     def validate(epoch: int) -> dict[str, float]:

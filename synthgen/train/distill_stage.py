@@ -37,7 +37,7 @@ from synthgen.model.vae import VAE, VAEConfig
 from synthgen.pipeline import ECGPipeline
 from synthgen.train.datasets import iter_numpy
 from synthgen.train.diffusion_stage import EMA, drop_conditions, sample_score
-from synthgen.train.loop import fit, mean_over_workers, seed_worker, shuffle_seed, unwrap
+from synthgen.train.loop import fit, mean_over_workers, optimizer_step, seed_worker, shuffle_seed, unwrap
 from synthgen.train.presets import DistillConfig, TrainConfig, get_preset
 from synthgen.train.run import CONDITION_COLUMNS, _final_state, _trainer, check_conditions, fill_embedding_cache
 
@@ -126,13 +126,7 @@ def distill_worker(config: dict[str, Any]) -> None:
             x_t, t, t_prev, cond = inputs(batch, None, drop=True)
             wanted = consistency_target(x_t, t, t_prev, cond)
         pred = consistency_output(scheduler, student(x_t, t, *cond), x_t, t, prediction_type)
-        loss = pseudo_huber(pred, wanted, dc.huber_c)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        target.update(unwrap(student))
-        return loss.item()
+        return optimizer_step(pseudo_huber(pred, wanted, dc.huber_c), student, optimizer, target)
 
     @torch.no_grad()
     def validate(epoch: int) -> dict[str, float]:

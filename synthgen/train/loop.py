@@ -94,6 +94,18 @@ def mean_over_workers(total: float, count: int) -> float:
     return total / max(count, 1)
 
 
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   ema: Any, max_grad_norm: float = 1.0) -> float:
+    """One update of ``model`` from ``loss`` (gradients clipped to ``max_grad_norm``), then of its moving
+    average ``ema`` (an object with ``update(module)``); returns the loss as a float for the epoch line."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    ema.update(unwrap(model))
+    return loss.item()
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
