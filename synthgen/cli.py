@@ -274,7 +274,7 @@ def train_distill(data: str = DataOpt,
                   cache: Optional[str] = CacheOpt, seed: int = SeedOpt,
                   epochs: Optional[int] = typer.Option(None, help="Epochs (default: the preset's)."),
                   batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the preset's)."),
-                  storage_options: Optional[str] = StorageOpt) -> None:
+                  storage_options: Optional[str] = StorageOpt, config: Optional[str] = ConfigOpt) -> None:
     """Stage 3: distil a teacher into a 1–4 step student (Latent Consistency Distillation, guidance folded in)
     for `generate --sampler lcm`. Rerun the same command to resume after a kill."""
     from synthgen.io.paths import shown_command

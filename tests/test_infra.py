@@ -206,6 +206,14 @@ def test_config_errors_are_one_line_naming_the_file(tmp_path: Path, text: str, e
     assert expected in lines[0] and not (tmp_path / "o").exists()
 
 
+def test_every_command_takes_config(tmp_path: Path) -> None:
+    """`train distill` (added beside the others) reads --config like every command: an unknown key is refused."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: d\nout: o\nepochz: 3\n")
+    res = CliRunner().invoke(app, ["train", "distill", "--config", str(bad)])
+    assert res.exit_code == 2 and "unknown key 'epochz'" in res.output and "batch-size" in res.output
+
+
 def test_bad_input_exits_2(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, str(JOBS / "generate.py"), "--out", "o"], capture_output=True,
                          text=True, timeout=60)
