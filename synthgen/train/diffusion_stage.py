@@ -88,6 +88,23 @@ def sample_score(ecgs: Any, requested_hr: Any) -> dict[str, float]:
             "hr_mae": mae, "score": mae + 100.0 * float(bad)}
 
 
+def score_samplers(pipeline: ECGPipeline, conditions: list[Condition], samplers: list[tuple[str, int]],
+                   guidance: float) -> dict[str, dict[str, float]]:
+    """``{"<sampler>-<steps>": sample_score(...)}`` of ECGs for ``conditions`` with seeds 0…n−1: the same
+    conditions and seeds for the student and the teacher, so their scores compare."""
+    requested = [float("nan") if c.hr is None else float(c.hr) for c in conditions]
+    seeds = list(range(len(conditions)))
+    return {f"{s}-{n}": sample_score(pipeline(conditions, seeds, sampler=s, steps=n, guidance=guidance), requested)
+            for s, n in samplers}
+
+
+def check_metrics(found: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Epoch-line metrics of a sample check (``score_samplers``' result): each sampler's scores as
+    ``<sampler><steps>_<key>`` and ``select``, their mean sample score, which chooses the kept weights."""
+    metrics = {f"{name.replace('-', '')}_{key}": v for name, score in found.items() for key, v in score.items()}
+    return {**metrics, "select": sum(s["score"] for s in found.values()) / len(found)}
+
+
 def pick_eps_scale(found: dict[float, dict[str, float]], max_bad: float = 0.01) -> float:
     """The factor to ship from ``sample_score`` results per factor: the lowest HR MAE among factors whose
     near-flat or HR-unmeasurable share is at most ``max_bad`` (issue 10's goal: ≤ 1 % near-flat), else the
@@ -188,16 +205,8 @@ def diffusion_worker(config: dict[str, Any]) -> None:
         metrics = {"val_loss": mean_over_workers(total, count)}
         if (epoch + 1) % tc.sample_check_every and epoch + 1 != tc.diffusion.epochs:
             return metrics
-        requested = [float("nan") if c.hr is None else float(c.hr) for c in check_conditions]
-        seeds = list(range(len(check_conditions)))
-        scores = []
-        for sampler, steps in tc.sample_check_samplers:
-            ecgs = sampling(check_conditions, seeds, sampler=sampler, steps=steps, guidance=tc.sample_check_guidance)
-            found = sample_score(ecgs, requested)
-            metrics.update({f"{sampler}{steps}_{k}": v for k, v in found.items()})
-            scores.append(found["score"])
-        metrics["select"] = sum(scores) / len(scores)
-        return metrics
+        found = score_samplers(sampling, check_conditions, list(tc.sample_check_samplers), tc.sample_check_guidance)
+        return {**metrics, **check_metrics(found)}
 
     fit(
         name="diffusion", stage=tc.diffusion,

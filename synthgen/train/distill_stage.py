@@ -36,7 +36,7 @@ from synthgen.model.unet import UNet1D, UNetConfig
 from synthgen.model.vae import VAE, VAEConfig
 from synthgen.pipeline import ECGPipeline
 from synthgen.train.datasets import iter_numpy
-from synthgen.train.diffusion_stage import EMA, drop_conditions, sample_score
+from synthgen.train.diffusion_stage import EMA, check_metrics, drop_conditions, score_samplers
 from synthgen.train.loop import fit, mean_over_workers, optimizer_step, seed_worker, shuffle_seed, unwrap
 from synthgen.train.presets import DistillConfig, TrainConfig, get_preset
 from synthgen.train.run import CONDITION_COLUMNS, _final_state, _trainer, check_conditions, fill_embedding_cache
@@ -44,16 +44,6 @@ from synthgen.train.run import CONDITION_COLUMNS, _final_state, _trainer, check_
 DISTILLED = "distilled"  # the exported bundle's folder under --out
 SAMPLER = "lcm"
 TIMESTEP_SCALING = 10.0  # diffusers' LCMScheduler default, used by training and sampling alike
-
-
-def score_samplers(pipeline: ECGPipeline, conditions: list[Condition], samplers: list[tuple[str, int]],
-                   guidance: float) -> dict[str, dict[str, float]]:
-    """``{"<sampler>-<steps>": sample_score(...)}`` of ECGs for ``conditions`` with seeds 0…n−1: the same
-    conditions and seeds for the student and the teacher, so their scores compare."""
-    requested = [float("nan") if c.hr is None else float(c.hr) for c in conditions]
-    seeds = list(range(len(conditions)))
-    return {f"{s}-{n}": sample_score(pipeline(conditions, seeds, sampler=s, steps=n, guidance=guidance), requested)
-            for s, n in samplers}
 
 
 def distill_worker(config: dict[str, Any]) -> None:
@@ -143,10 +133,7 @@ def distill_worker(config: dict[str, Any]) -> None:
             return metrics
         found = score_samplers(pipeline, check_conditions, [(SAMPLER, s) for s in dc.sample_check_steps],
                                dc.guidance)
-        for name, score in found.items():
-            metrics.update({f"{name.replace('-', '')}_{key}": v for key, v in score.items()})
-        metrics["select"] = sum(s["score"] for s in found.values()) / len(found)
-        return metrics
+        return {**metrics, **check_metrics(found)}
 
     fit(
         name="distill", stage=dc.stage,
