@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from synthgen.conditions.spec import Condition
+from synthgen.errors import InputError
 from synthgen.evaluate.peers import DeepfakeECG
 from synthgen.pipeline import ECGPipeline
 
@@ -64,11 +65,15 @@ def main() -> None:
     ap.add_argument("--teacher", default="ddpm:100", help="teacher sampler:steps for reference ('' = none)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    pipe = ECGPipeline.from_bundle(args.model)
-    guidance = float(pipe.bundle.config.get("student", {}).get("guidance", 2.0))
-    calls = arms(pipe, DeepfakeECG(), args.batch, [int(s) for s in args.steps.split(",")], args.teacher, guidance)
-    for call in calls.values():  # warm-up: embedder cache, allocator, lazy imports
-        call()
+    try:  # a missing bundle, or one without a student: one line, not a traceback
+        pipe = ECGPipeline.from_bundle(args.model)
+        guidance = float(pipe.bundle.config.get("student", {}).get("guidance", 2.0))
+        calls = arms(pipe, DeepfakeECG(), args.batch, [int(s) for s in args.steps.split(",")], args.teacher,
+                     guidance)
+        for call in calls.values():  # warm-up: embedder cache, allocator, lazy imports
+            call()
+    except InputError as err:
+        raise SystemExit(f"error: {err}") from None
     seconds: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(args.repeats):
         for name, call in calls.items():

@@ -300,6 +300,8 @@ def generate(
                                                "(default: the manifest's n column, else 1 per row)."),
     model: Optional[str] = typer.Option(None, help="Model bundle folder or URL (default: the shipped model)."),
     sampler: str = typer.Option("ddpm", help="ddpm (ancestral, the paper's; follows the requested HR best), "
+                                             "dpm++sde (stochastic DPM-Solver++: 20 steps, no flat ECGs, less "
+                                             "variety), "
                                              "ddim or dpm++ (deterministic), or lcm (a distilled student from "
                                              "`synthgen train distill`, 1-4 steps). See docs/benchmarks.md."),
     steps: int = typer.Option(100, help="Denoising steps (the paper's DDPM uses 1000)."),
@@ -308,11 +310,14 @@ def generate(
     batch_size: int = typer.Option(32, help="ECGs per forward pass in each actor."),
     actors: Optional[int] = typer.Option(None, help="Sampler actors (default: one per GPU the cluster has or can "
                                                     "add, else one per 2 CPUs)."),
-    shard_size: int = typer.Option(256, help="ECGs per output shard (the unit of resume)."),
+    shard_size: Optional[int] = typer.Option(None, help="ECGs per output shard (the unit of work and of resume; "
+                                                        "default: total / 16, within 16-256)."),
     output_format: OutputFormat = typer.Option(OutputFormat.parquet, "--format", help="parquet, wfdb or both."),
     wfdb_fs: Optional[float] = typer.Option(None, help="WFDB sampling rate (default 102.4 Hz; e.g. 500)."),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="One actor per GPU, or CPU actors (default: "
                                                                "GPUs if the Ray cluster has or can add any)."),
+    precision: str = typer.Option("fp32", help="fp32, or fp16/bf16: the networks under autocast (for GPUs; fp16 "
+                                               "needs one)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
     replace_implausible: int = typer.Option(0, help="Redraw an implausible ECG (flat, no measurable HR, far "
                                                      "from the requested HR, …) up to this many times from the "
@@ -326,8 +331,8 @@ def generate(
 
     run_generate(GenerateConfig(manifest, out, n, model=model, sampler=sampler, steps=steps, guidance=guidance,
                                 seed=seed, batch_size=batch_size, actors=actors, shard_size=shard_size,
-                                output_format=output_format.value, wfdb_fs=wfdb_fs, gpu=gpu, progress=progress,
-                                replace_implausible=replace_implausible,
+                                output_format=output_format.value, wfdb_fs=wfdb_fs, gpu=gpu, precision=precision,
+                                progress=progress, replace_implausible=replace_implausible,
                                 storage_options=_storage_options(storage_options)))
 
 
@@ -463,7 +468,7 @@ def augment_eval(
     ratios: str = typer.Option("0.25,0.5,1", help="Synthetic : real minority-class ECGs, one augmented arm each."),
     n_synthetic: int = typer.Option(300, help="ECGs per class to generate when --synthetic is not given."),
     model: Optional[str] = typer.Option(None, help="Model bundle for generating (default: the shipped model)."),
-    sampler: str = typer.Option("ddpm", help="Sampler for generating: ddpm, ddim or dpm++."),
+    sampler: str = typer.Option("ddpm", help="Sampler for generating: ddpm, dpm++sde, ddim or dpm++."),
     sampler_steps: int = typer.Option(100, help="Denoising steps for generating."),
     seed: int = typer.Option(0, help="Seed of the synthetic set, of the rows the augmented arms add and of the "
                                      "bootstrap."),

@@ -10,6 +10,7 @@ and the noise is the same on every device.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,10 +27,20 @@ from synthgen.model.consistency import check_student_sampler
 from synthgen.model.schedulers import STUDENT_SAMPLERS, epsilon_scaling, make_scheduler
 
 
-class ECGPipeline:
-    """A loaded bundle plus its text embedder: call it with conditions and seeds to get ECGs."""
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-    def __init__(self, bundle: Bundle, embedder: Embedder | None = None, device: str | torch.device = "cpu"):
+
+class ECGPipeline:
+    """A loaded bundle plus its text embedder: call it with conditions and seeds to get ECGs.
+
+    ``precision``: "fp32", or "fp16"/"bf16" to run the U-Net and the VAE decoder under ``torch.autocast``
+    (weights stay fp32; normalisation and softmax stay fp32 where autocast keeps them; guidance, the scheduler
+    arithmetic and the returned ECGs are fp32) — for GPUs' half-precision units (speed-up not yet measured
+    here). "fp16" needs CUDA; "bf16" also runs on CPU, slowly without AVX-512 BF16. InputError for an unknown
+    name or fp16 on CPU."""
+
+    def __init__(self, bundle: Bundle, embedder: Embedder | None = None, device: str | torch.device = "cpu",
+                 precision: str = "fp32"):
         expected = bundle.config["embedder"]
         self.embedder = embedder or get_embedder(expected["name"])
         if (self.embedder.name, self.embedder.dim) != (expected["name"], expected["dim"]):
@@ -37,6 +48,9 @@ class ECGPipeline:
                              f"model, which was trained with {expected['name']!r} (dim {expected['dim']})")
         self.bundle = bundle
         self.device = torch.device(device)
+        if precision not in PRECISIONS or (precision == "fp16" and self.device.type != "cuda"):
+            raise InputError(f"precision {precision!r} on {self.device.type}: expected fp32, bf16, or fp16 on cuda")
+        self.precision = precision
         self.vae, self.unet = bundle.vae.eval().to(self.device), bundle.unet.eval().to(self.device)
         self.student = None if bundle.student is None else bundle.student.eval().to(self.device)
         self.patient_stats = PatientStats.from_dict(bundle.config["patient_stats"])
@@ -50,9 +64,14 @@ class ECGPipeline:
 
     @classmethod
     def from_bundle(cls, url: str | None = None, storage_options: StorageOptions = None,
-                    device: str | torch.device = "cpu") -> ECGPipeline:
+                    device: str | torch.device = "cpu", precision: str = "fp32") -> ECGPipeline:
         """Pipeline for the bundle at ``url`` (None: the shipped model) with the embedder it names."""
-        return cls(load_bundle(url, storage_options), device=device)
+        return cls(load_bundle(url, storage_options), device=device, precision=precision)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The network calls' precision context (a no-op for fp32)."""
+        dtype = PRECISIONS[self.precision]
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     def encode_conditions(self, conditions: Sequence[Condition]) -> tuple[torch.Tensor, ...]:
         """U-Net condition inputs: (text, text_present, patient, patient_present)."""
@@ -71,11 +90,11 @@ class ECGPipeline:
         output is the noise or v, as the bundle's ``prediction_type`` says (guidance is linear in either)."""
         timesteps = t.expand(len(z))
         if guidance == 1.0:
-            return self.unet(z, timesteps, *cond)
+            return self.unet(z, timesteps, *cond).float()
         text, text_present, patient, present = cond
         eps = self.unet(torch.cat([z, z]), torch.cat([timesteps, timesteps]), torch.cat([text, text]),
                         torch.cat([text_present, torch.zeros_like(text_present)]), torch.cat([patient, patient]),
-                        torch.cat([present, torch.zeros_like(present)]))
+                        torch.cat([present, torch.zeros_like(present)])).float()  # guidance in fp32 under autocast
         eps_cond, eps_uncond = eps.chunk(2)
         return eps_uncond + guidance * (eps_cond - eps_uncond)
 
@@ -103,11 +122,15 @@ class ECGPipeline:
         cond = self.encode_conditions(conditions)
         factor = self.eps_scale.get(sampler, 1.0) if eps_scale is None else float(eps_scale)
         for t in scheduler.timesteps:
-            if student:  # guidance is folded into the student: one call on the conditional batch
-                out = self.student(z, t.expand(len(z)), *cond)
-            else:
-                out = self.predict_noise(scheduler.scale_model_input(z, t), t, cond, guidance)
-                out = epsilon_scaling(out, z, scheduler.alphas_cumprod[int(t)], factor,
-                                      self.noise["prediction_type"])
+            with self.autocast():
+                if student:  # guidance is folded into the student: one call on the conditional batch
+                    out = self.student(z, t.expand(len(z)), *cond)
+                else:
+                    out = self.predict_noise(scheduler.scale_model_input(z, t), t, cond, guidance)
+            out = out.float()
+            if not student:
+                out = epsilon_scaling(out, z, scheduler.alphas_cumprod[int(t)], factor, self.noise["prediction_type"])
             z = scheduler.step(out, t, z, generator=generators).prev_sample
-        return self.vae.decode(z / self.latent_scale).float().cpu().numpy()
+        with self.autocast():
+            ecg = self.vae.decode(z / self.latent_scale)
+        return ecg.float().cpu().numpy()

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Every line synthgen itself prints on a successful `generate` (tqdm redraws its bar after "\r").
 OURS = (
+    re.compile(r"embedding \d+ unique report prompt\(s\) with .*"),
     re.compile(r"generate: .*"),
     re.compile(r"generated \d+ ECGs in .* → .*"),
     re.compile(r"Ray's log: .*\.log"),
@@ -28,7 +29,9 @@ def test_generate_prints_only_synthgen_lines_and_ray_logs_to_a_file(tmp_path, ti
     manifest.write_text("report,age,sex,hr,label,n\natrial fibrillation,70,M,110,af,2\n")
     logs = tmp_path / "logs"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SYNTHGEN_VERBOSE")}
-    env.update(SYNTHGEN_LOG_DIR=str(logs), PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
+    # an empty embedding cache: the driver loads MiniLM itself, and its loading bar must not reach the console
+    env.update(SYNTHGEN_LOG_DIR=str(logs), SYNTHGEN_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-m", "synthgen", "generate", "--manifest", str(manifest),
                            "--model", tiny_bundle.url, "--sampler", "ddim", "--steps", "2", "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=900)

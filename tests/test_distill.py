@@ -167,11 +167,13 @@ def test_student_sampler_errors(student_pipe: ECGPipeline, tmp_path: Path):
 
 
 def test_generate_refuses_lcm_without_a_student_before_writing(tmp_path: Path):
-    """The shipped model has no student: one line, exit 2, nothing written (checked on the driver)."""
+    """A bundle without a student: one line, exit 2, nothing written (checked on the driver)."""
     manifest = tmp_path / "m.csv"
     manifest.write_text("report,age,sex,hr\nsinus rhythm,60,M,70\n")
+    tiny_teacher(str(tmp_path / "plain"))
     run = subprocess.run([*SYNTHGEN, "generate", "--manifest", str(manifest), "--out", str(tmp_path / "out"),
-                          "--sampler", "lcm", "--steps", "2"], capture_output=True, text=True, timeout=300)
+                          "--model", str(tmp_path / "plain"), "--sampler", "lcm", "--steps", "2"],
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().count("\n") == 0 and "has no distilled student" in run.stderr
     assert not (tmp_path / "out").exists()

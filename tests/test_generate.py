@@ -89,6 +89,15 @@ def test_plan_is_deterministic_and_covers_every_sample_once():
     assert sample_seed(1, 3, 2) == int(Plan((7, 5, 0, 3), 1, 100).shard(0).seeds[-1])
 
 
+def test_default_shard_size_gives_a_small_run_a_shard_per_actor():
+    from synthgen.generate.config import GenerateConfig, auto_shard_size
+
+    assert [auto_shard_size(n) for n in (1, 32, 255, 4000, 40000)] == [16, 16, 16, 250, 256]
+    assert GenerateConfig("m.csv", "out").shard_size_for(32) == 16  # README's 32 ECGs: 2 shards
+    assert GenerateConfig("m.csv", "out", shard_size=5).shard_size_for(32) == 5
+    assert GenerateConfig("m.csv", "out").plan_params("a", "b", 32, "h")["shard_size"] == 16
+
+
 def test_bad_input_writes_nothing(tmp_path, manifest, model_kw):
     bad = tmp_path / "bad.csv"
     bad.write_text("report,age\nx,500\n,20\n")
@@ -158,6 +167,40 @@ def test_generate_local_resume_and_rerun(ray_local, tiny_bundle, tmp_path, manif
 
     with pytest.raises(InputError, match="different parameters.*seed"):
         generate(manifest, out, **{**kw, "seed": 4})
+    # the same command without --shard-size resumes with the run's own shard size (4), not today's default
+    assert generate(manifest, out, **{**kw, "shard_size": None})["shards_written"] == 0
+
+
+def test_prompts_are_embedded_once_on_the_driver(tiny_bundle, tmp_path, manifest, model_kw):
+    """The driver embeds each unique prompt of the manifest once; an actor samples from that table and loads no
+    text model, with the same ECGs as the pipeline embedding the prompts itself."""
+    from synthgen.conditions.embedders import PrecomputedEmbedder, get_embedder
+    from synthgen.conditions.prompts import ordered_prompt
+    from synthgen.generate.actor import ShardSampler
+    from synthgen.generate.config import GenerateConfig
+    from synthgen.generate.manifest import read_manifest
+    from synthgen.generate.run import embed_prompts
+    from synthgen.model.bundle import load_bundle
+    from synthgen.pipeline import ECGPipeline
+
+    config = GenerateConfig(manifest, str(tmp_path / "out"), **model_kw)
+    specs = read_manifest(manifest)
+    table = embed_prompts(load_bundle(tiny_bundle.url), specs, config)
+    assert isinstance(table, PrecomputedEmbedder) and table.name == "local"
+    assert set(table.vectors) == {ordered_prompt(s.condition.reports) for s in specs} and len(table.vectors) == 4
+    np.testing.assert_allclose(table.embed([ordered_prompt(("sinus rhythm",))]),
+                               get_embedder("local").embed([ordered_prompt(("sinus rhythm",))]), atol=1e-6)
+    with pytest.raises(KeyError, match="not embedded in advance"):
+        table.embed(["The report of the ECG is that something else."])
+
+    plan = Plan((2, 1, 0, 1), 0, 4)
+    actor = ShardSampler(config=config, plan=plan, specs=specs, prov=config.provenance("r", tiny_bundle.model_hash),
+                         device="cpu", threads=1, embedder=table)
+    assert actor.pipeline.embedder is table  # no MiniLM in the actor
+    samples = plan.shard(0)
+    conds = [specs[i].condition for i in samples.spec_ids]
+    own = ECGPipeline.from_bundle(tiny_bundle.url)(conds, [int(s) for s in samples.seeds], steps=2)
+    np.testing.assert_allclose(actor._sample(conds, samples.seeds), own, rtol=1e-4, atol=1e-5)
 
 
 def test_killed_actor_still_writes_every_sample_once(ray_local, tiny_bundle, tmp_path, manifest):

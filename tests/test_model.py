@@ -150,7 +150,7 @@ def test_unet_learns() -> None:
 
 
 def test_scheduler_names_and_schedule() -> None:
-    assert SAMPLERS == ("ddpm", "ddim", "dpm++")
+    assert SAMPLERS == ("ddpm", "ddim", "dpm++", "dpm++sde")
     with pytest.raises(ValueError, match="ddpm, ddim, dpm\\+\\+"):
         make_scheduler("euler")
     with pytest.raises(ValueError, match="v_prediction"):

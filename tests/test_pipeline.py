@@ -58,6 +58,18 @@ def test_sample_independent_of_batch_mates(pipe: ECGPipeline, sampler: str) -> N
     np.testing.assert_allclose(reordered[1], batched[1], atol=1e-5)
 
 
+def test_half_precision_runs_the_networks_under_autocast(pipe: ECGPipeline) -> None:
+    """bf16 (the CPU-capable half precision) gives the fp32 ECGs to bf16's ~3 significant digits, not the same
+    bits; fp16 needs CUDA and an unknown name is refused, both as one-line InputErrors."""
+    full = pipe(CONDITIONS, seeds=[1, 2, 3], steps=4)
+    half = ECGPipeline(pipe.bundle, embedder=pipe.embedder, precision="bf16")(CONDITIONS, seeds=[1, 2, 3], steps=4)
+    assert half.dtype == np.float32 and not np.array_equal(half, full)
+    assert np.abs(half - full).max() < 0.05 * np.abs(full).max()
+    for bad in ("fp16", "int8"):
+        with pytest.raises(InputError, match="precision"):
+            ECGPipeline(pipe.bundle, embedder=pipe.embedder, precision=bad)
+
+
 def test_guidance_and_conditions_matter(pipe: ECGPipeline) -> None:
     seeds = [7, 7]
     g1, g3 = (pipe(CONDITIONS[:2], seeds=seeds, steps=4, guidance=g) for g in (1.0, 3.0))

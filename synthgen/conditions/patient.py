@@ -90,14 +90,21 @@ def parse_sex(sex: str) -> float:
     return value
 
 
-def embed_reports(conditions: Sequence[Condition], embedder: Embedder) -> np.ndarray:
-    """(B, dim) float32 prompt vectors; each distinct prompt is embedded once (many ECGs share reports)."""
+def report_prompts(conditions: Sequence[Condition]) -> list[str]:
+    """The ordered prompt of each condition's reports (conditions.prompts); ValueError naming the condition's
+    index when it has no report."""
     prompts = []
     for i, c in enumerate(conditions):
         try:
             prompts.append(ordered_prompt(c.reports))
         except ValueError as err:
             raise ValueError(f"condition {i}: {err}") from None
+    return prompts
+
+
+def embed_reports(conditions: Sequence[Condition], embedder: Embedder) -> np.ndarray:
+    """(B, dim) float32 prompt vectors; each distinct prompt is embedded once (many ECGs share reports)."""
+    prompts = report_prompts(conditions)
     unique = list(dict.fromkeys(prompts))
     if not unique:
         return np.zeros((0, embedder.dim), np.float32)

@@ -3,13 +3,24 @@
 QRS detection runs at >= 500 Hz (slower records are upsampled first: XQRS at 100 Hz double-counts
 beats on PTB-XL) and XQRS gets µV (on mV it sometimes finds no beat). Lead II first, then I, V5, V2; XQRS,
 then GQRS. A detection counts only with >= 3 beats and a plausible rate (25–250 bpm, from the median RR).
+
+Speed: wfdb's XQRS spends ~90 % of its time in ``wfdb.processing.peaks.find_local_peaks``, a Python loop over
+every sample (~40 ms per 10 s lead at 512 Hz). ``local_peaks`` returns the same peaks with one sliding-window
+maximum (tested equal to wfdb's on real and random signals, ties included), and XQRS uses it while
+``hr_from_signal`` runs: the same heart rates, ~6× faster. That matters because every generated ECG is checked
+(synthgen.data.plausibility), and at 1–2 sampling steps the check would otherwise cost more than the sampling.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
+from scipy.ndimage import maximum_filter1d
 from scipy.signal import resample_poly
 from wfdb import processing
+from wfdb.processing import qrs as wfdb_qrs
 
 from synthgen.ecg import LEADS
 
@@ -34,17 +45,46 @@ def _rate(beats: np.ndarray, fs: float) -> float | None:
     return hr if HR_RANGE[0] <= hr <= HR_RANGE[1] else None
 
 
+def local_peaks(sig: np.ndarray, radius: int) -> np.ndarray:
+    """``wfdb.processing.peaks.find_local_peaks(sig, radius)``, vectorised: sample i is a candidate when it equals
+    the maximum of ``sig[i - radius : i + radius]`` (clipped at the ends, as wfdb's slices are); scanning left to
+    right, a candidate is a peak unless it lies within ``radius`` samples after the previous peak — wfdb's loop
+    jumps ``radius`` samples after each peak. Empty for a constant signal (wfdb's "flat mountain" case)."""
+    sig = np.asarray(sig)
+    if np.min(sig) == np.max(sig):
+        return np.empty(0)
+    window_max = maximum_filter1d(sig.astype(np.float64), size=2 * radius, mode="constant", cval=-np.inf)
+    peaks, next_allowed = [], 0
+    for i in np.flatnonzero(sig == window_max):  # a few hundred candidates, not every sample
+        if i >= next_allowed:
+            peaks.append(int(i))
+            next_allowed = i + radius
+    return np.array(peaks)
+
+
+@contextlib.contextmanager
+def _xqrs_with_local_peaks() -> Iterator[None]:
+    """XQRS (which looks ``find_local_peaks`` up in its module) uses ``local_peaks`` inside this block."""
+    original = wfdb_qrs.find_local_peaks
+    wfdb_qrs.find_local_peaks = local_peaks
+    try:
+        yield
+    finally:
+        wfdb_qrs.find_local_peaks = original
+
+
 def hr_from_signal(signal: np.ndarray, fs: float) -> float | None:
     """Beats per minute from a (12, n) canonical-order mV signal at ``fs`` Hz, or None if no lead works."""
     up = max(1, int(np.ceil(DETECT_FS / fs)))
     rate = fs * up
-    for lead in _DETECT_LEADS:
-        mv = resample_poly(signal[lead], up, 1) if up > 1 else signal[lead]
-        if not np.ptp(mv) > 0:
-            continue
-        for detect in (lambda: processing.xqrs_detect(mv * 1000.0, rate, verbose=False),  # XQRS in µV
-                       lambda: processing.gqrs_detect(mv, rate)):  # GQRS's thresholds assume mV
-            hr = _rate(np.asarray(detect()), rate)
-            if hr is not None:
-                return hr
+    with _xqrs_with_local_peaks():
+        for lead in _DETECT_LEADS:
+            mv = resample_poly(signal[lead], up, 1) if up > 1 else signal[lead]
+            if not np.ptp(mv) > 0:
+                continue
+            for detect in (lambda: processing.xqrs_detect(mv * 1000.0, rate, verbose=False),  # XQRS in µV
+                           lambda: processing.gqrs_detect(mv, rate)):  # GQRS's thresholds assume mV
+                hr = _rate(np.asarray(detect()), rate)
+                if hr is not None:
+                    return hr
     return None

@@ -2,9 +2,10 @@
 output files.
 
 One instance per actor, built from a small payload (the run's GenerateConfig, the shard plan, the manifest's
-specs, the provenance): it loads the model once in ``__init__`` and, per shard, samples in mini-batches,
-writes the shard's WFDB records (optional) and then its Parquet file — the Parquet file is the commit marker,
-written atomically under a deterministic name, so a retried shard can only ever replace itself.
+specs, their prompt vectors embedded once on the driver, the provenance): it loads the model once in
+``__init__`` and, per shard, samples in mini-batches, writes the shard's WFDB records (optional) and then its
+Parquet file — the Parquet file is the commit marker, written atomically under a deterministic name, so a
+retried shard can only ever replace itself.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 import numpy as np
 
 from synthgen.cluster import device_label
+from synthgen.conditions.embedders import Embedder, PrecomputedEmbedder
 from synthgen.conditions.spec import Condition
 from synthgen.data.plausibility import Plausibility, check_many
 from synthgen.errors import StorageError, outside_failure, transient
@@ -33,16 +35,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def model_hash(model: str | None, storage_options: StorageOptions) -> str:
-    """The bundle's hash, read on the driver before anything is written (loading also verifies the weights)."""
-    from synthgen.model.bundle import load_bundle
-
-    return load_bundle(model, storage_options=storage_options).model_hash
-
-
-def load_pipeline(model: str | None, storage_options: StorageOptions, *, device: str,
-                  threads: int | None) -> ECGPipeline:
-    """The bundle at ``model`` (None = shipped) in an ECGPipeline, once per actor; ``threads`` caps torch."""
+def load_pipeline(model: str | None, storage_options: StorageOptions, *, device: str, threads: int | None,
+                  embedder: Embedder, precision: str = "fp32") -> ECGPipeline:
+    """The bundle at ``model`` (None = shipped) in an ECGPipeline, once per actor; ``threads`` caps torch.
+    ``embedder``: the driver's precomputed prompt vectors, so the actor loads no text model."""
     import torch
 
     from synthgen.model.bundle import load_bundle
@@ -50,7 +46,8 @@ def load_pipeline(model: str | None, storage_options: StorageOptions, *, device:
 
     if threads:
         torch.set_num_threads(threads)
-    return ECGPipeline(load_bundle(model, storage_options=storage_options), device=device)
+    return ECGPipeline(load_bundle(model, storage_options=storage_options), embedder=embedder, device=device,
+                       precision=precision)
 
 
 def with_retries(fn: Callable[[], T], attempts: int = 8, first_delay_s: float = 0.5) -> T:
@@ -71,8 +68,9 @@ class ShardSampler:
     """``map_batches`` UDF: a batch of shard ids in, one summary row per shard out."""
 
     def __init__(self, *, config: GenerateConfig, plan: Plan, specs: list[Spec], prov: Provenance, device: str,
-                 threads: int | None) -> None:
-        self.pipeline = load_pipeline(config.model, config.storage_options, device=device, threads=threads)
+                 threads: int | None, embedder: PrecomputedEmbedder) -> None:
+        self.pipeline = load_pipeline(config.model, config.storage_options, device=device, threads=threads,
+                                      embedder=embedder, precision=config.precision)
         self.device = device_label(device)  # reported per shard: what ran where
         self.config, self.plan, self.specs, self.prov = config, plan, specs, prov
         self.fs, self.root = resolve(config.out, config.storage_options)

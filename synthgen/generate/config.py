@@ -13,6 +13,18 @@ from synthgen.io.paths import StorageOptions
 from synthgen.model.schedulers import SAMPLERS, STUDENT_SAMPLERS
 
 FORMATS = ("parquet", "wfdb", "both")
+PRECISIONS = ("fp32", "fp16", "bf16")  # synthgen.pipeline.PRECISIONS (not imported here: torch)
+
+
+MAX_AUTO_SHARD, MIN_AUTO_SHARD, AUTO_SHARDS = 256, 16, 16
+
+
+def auto_shard_size(total: int) -> int:
+    """Default ECGs per shard: ``total`` / 16, within 16–256. A shard is the unit of work of one actor, so a
+    small run needs several for every actor to work (32 ECGs: 2 shards of 16, one per actor of a 2-core
+    machine; 4,000: 16 of 250), while a big one keeps shards of 256 (40,000: 157 shards), each one Parquet file
+    of ~12 MB. A function of the total only, so a rerun resolves it to the same plan."""
+    return max(MIN_AUTO_SHARD, min(MAX_AUTO_SHARD, -(-total // AUTO_SHARDS)))
 
 
 @dataclass(frozen=True)
@@ -30,11 +42,12 @@ class GenerateConfig:
     seed: int = 0
     batch_size: int = 32
     actors: int | None = None
-    shard_size: int = 256
+    shard_size: int | None = None  # None: ``auto_shard_size`` of the run's total
     output_format: str = "parquet"
     wfdb_fs: float | None = None
     storage_options: StorageOptions = None
     gpu: bool | None = None
+    precision: str = "fp32"  # "fp16"/"bf16": the networks under autocast (ECGPipeline), for GPU actors
     progress: bool = True
     replace_implausible: int = 0
 
@@ -50,9 +63,13 @@ class GenerateConfig:
             (self.seed < 0, f"--seed={self.seed}: expected a non-negative integer"),
             (self.batch_size < 1, f"--batch-size={self.batch_size}: expected a positive integer"),
             (self.actors is not None and self.actors < 1, f"--actors={self.actors}: expected a positive integer"),
-            (self.shard_size < 1, f"--shard-size={self.shard_size}: expected a positive integer"),
+            (self.shard_size is not None and self.shard_size < 1,
+             f"--shard-size={self.shard_size}: expected a positive integer"),
             (self.output_format not in FORMATS,
              f"--format={self.output_format!r}: expected one of {', '.join(FORMATS)}"),
+            (self.precision not in PRECISIONS,
+             f"--precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}"),
+            (self.precision == "fp16" and self.gpu is not True, "--precision=fp16: needs --gpu (CPUs: fp32 or bf16)"),
             (self.wfdb_fs is not None and not 0 < self.wfdb_fs <= 10_000,
              f"--wfdb-fs={self.wfdb_fs}: expected a rate in Hz, 0-10000"),
         ) if bad]
@@ -61,15 +78,21 @@ class GenerateConfig:
         if self.replace_implausible < 0:
             raise InputError(f"--replace-implausible={self.replace_implausible}: expected an integer >= 0")
 
+    def shard_size_for(self, total: int) -> int:
+        """``shard_size``, or when None ``auto_shard_size(total)``."""
+        return self.shard_size or auto_shard_size(total)
+
     def plan_params(self, manifest_sha256: str, counts_sha256: str, total: int, model_hash: str) -> dict:
         """The ``params`` of ``_plan.json``: everything that decides which ECGs the run writes (its ``run_id`` is
         their hash), so a rerun with other values is refused instead of mixing two runs in one folder."""
         return {
             "manifest_sha256": manifest_sha256, "counts_sha256": counts_sha256, "total": total,
             "seed": self.seed, "model_hash": model_hash, "sampler": self.sampler,
-            "steps": self.steps, "guidance": float(self.guidance), "shard_size": self.shard_size,
+            "steps": self.steps, "guidance": float(self.guidance), "shard_size": self.shard_size_for(total),
             "output_format": self.output_format, "wfdb_fs": self.wfdb_fs, "synthgen_version": __version__,
             "schema": SCHEMA_VERSION, "replace_implausible": self.replace_implausible,
+            # only when not the default, so plans written before the option existed still match
+            **({"precision": self.precision} if self.precision != "fp32" else {}),
         }
 
     def provenance(self, run_id: str, model_hash: str) -> Provenance:

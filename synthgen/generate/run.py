@@ -12,12 +12,13 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthgen.cluster import console, data_context, gpu_budget, ray_log_path, ray_session, torch_device
 from synthgen.errors import InputError
-from synthgen.generate.actor import ShardSampler, model_hash
+from synthgen.generate.actor import ShardSampler
 from synthgen.generate.config import GenerateConfig
 from synthgen.generate.manifest import Spec, read_manifest, sample_counts, specs_fingerprint
 from synthgen.generate.plan import Plan
@@ -25,12 +26,22 @@ from synthgen.io.generated import Provenance, committed_shards
 from synthgen.io.paths import check_writable, join, read_json, resolve, write_json_atomic
 from synthgen.model.consistency import check_model_sampler
 
+if TYPE_CHECKING:
+    from synthgen.conditions.embedders import PrecomputedEmbedder
+    from synthgen.model.bundle import Bundle
+
+
+def _planned(fs, root: str) -> dict:
+    """The ``params`` of the _plan.json already under ``root`` ({} when there is none)."""
+    path = join(root, "_plan.json")
+    return read_json(fs, path).get("params", {}) if fs.exists(path) else {}
+
 
 def _claim_out(fs, root: str, plan_doc: dict) -> None:
     """Write _plan.json, or check that the one already there describes the same run (never mix two runs)."""
     path = join(root, "_plan.json")
     if fs.exists(path):
-        old = read_json(fs, path).get("params", {})
+        old = _planned(fs, root)
         diff = sorted(k for k in set(old) | set(plan_doc["params"]) if old.get(k) != plan_doc["params"].get(k))
         if diff:
             raise InputError(f"{path} belongs to a run with different parameters ({', '.join(diff)}): "
@@ -71,17 +82,22 @@ def run_generate(config: GenerateConfig) -> dict:
     Every ECG is checked for plausibility (synthgen.data.plausibility) and flagged per row; with
     ``replace_implausible`` = k > 0 an implausible sample is redrawn from the next seeds of its own seed
     stream, up to k times (deterministic, so exactly-once holds)."""
+    from synthgen.model.bundle import load_bundle  # torch: not for `synthgen --help`
+
     config.check()
     out, storage_options = config.out, config.storage_options
     check_model_sampler(config.model, storage_options, config.sampler, config.steps, config.guidance)
     specs = read_manifest(config.manifest, storage_options)
     counts = sample_counts(specs, config.n)
-    params = config.plan_params(specs_fingerprint(specs), hashlib.sha256(json.dumps(counts).encode()).hexdigest(),
-                                sum(counts), model_hash(config.model, storage_options))
-    run_id = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    plan = Plan(tuple(counts), config.seed, config.shard_size)
+    bundle = load_bundle(config.model, storage_options)  # on the driver: its hash, and a bad model fails here
     check_writable(out, storage_options)  # every input is valid: now the output, before Ray starts
     fs, root = resolve(out, storage_options)
+    if config.shard_size is None:  # resuming: keep the shard size the run started with (the default may change)
+        config = replace(config, shard_size=_planned(fs, root).get("shard_size"))
+    params = config.plan_params(specs_fingerprint(specs), hashlib.sha256(json.dumps(counts).encode()).hexdigest(),
+                                sum(counts), bundle.model_hash)
+    run_id = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    plan = Plan(tuple(counts), config.seed, params["shard_size"])
     _claim_out(fs, root, {"run_id": run_id, "params": params, "manifest": config.manifest,
                           "n_shards": plan.n_shards, "created": datetime.now(timezone.utc).isoformat()})
     done = committed_shards(fs, root, config.output_format)
@@ -93,8 +109,9 @@ def run_generate(config: GenerateConfig) -> dict:
     t0 = time.perf_counter()
     rows, ray_log = [], None
     if pending:
+        embedder = embed_prompts(bundle, specs, config)
         rows, ray_log = _run_pool(config, plan, pending, specs, config.provenance(run_id, params["model_hash"]),
-                                  done_samples=plan.total - sum(plan.shard_sizes()[k] for k in pending))
+                                  embedder, done_samples=plan.total - sum(plan.shard_sizes()[k] for k in pending))
     wall = time.perf_counter() - t0
     missing = sorted(set(range(plan.n_shards)) - committed_shards(fs, root, config.output_format))
     if missing:
@@ -123,8 +140,25 @@ def run_generate(config: GenerateConfig) -> dict:
     return summary
 
 
+def embed_prompts(bundle: Bundle, specs: list[Spec], config: GenerateConfig) -> PrecomputedEmbedder:
+    """Each unique report prompt of ``specs`` embedded once, here on the driver, with the bundle's embedder (and
+    the driver's embedding cache): the actors get the vectors and never load a text model."""
+    from synthgen.conditions.embedders import PrecomputedEmbedder, get_embedder
+    from synthgen.conditions.patient import report_prompts
+
+    try:
+        prompts = report_prompts([s.condition for s in specs])
+    except ValueError as err:  # "condition i: ..." — i is the spec id (its manifest row)
+        raise InputError(f"--manifest {config.manifest}: {err}") from None
+    unique = list(dict.fromkeys(prompts))
+    name = bundle.config["embedder"]["name"]
+    if config.progress:
+        print(f"embedding {len(unique)} unique report prompt(s) with {name}", file=console(), flush=True)
+    return PrecomputedEmbedder.of(get_embedder(name, storage_options=config.storage_options), unique)
+
+
 def _run_pool(config: GenerateConfig, plan: Plan, pending: list[int], specs: list[Spec], prov: Provenance,
-              done_samples: int) -> tuple[list[dict], str | None]:
+              embedder: PrecomputedEmbedder, done_samples: int) -> tuple[list[dict], str | None]:
     """Run the pending shards through an actor pool; returns the per-shard summary rows and the file that
     received Ray's lines (None when they went to the console)."""
     from tqdm import tqdm
@@ -145,7 +179,7 @@ def _run_pool(config: GenerateConfig, plan: Plan, pending: list[int], specs: lis
             ds = ds.map_batches(
                 ShardSampler, batch_size=1, compute=ray.data.ActorPoolStrategy(**pool),
                 fn_constructor_kwargs=dict(config=config, plan=plan, specs=specs, prov=prov, device=device,
-                                           threads=threads),
+                                           threads=threads, embedder=embedder),
                 **resources)
             rows = []
             for row in ds.iter_rows():

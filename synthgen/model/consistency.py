@@ -84,7 +84,7 @@ def check_student_sampler(config: dict[str, Any], sampler: str, steps: int, guid
     student = config.get("student")
     if student is None:
         raise InputError(f"--sampler {sampler}: model bundle {url} has no distilled student; "
-                         "make one with `synthgen train distill`, or use ddpm, ddim or dpm++")
+                         "make one with `synthgen train distill`, or use ddpm, dpm++sde, ddim or dpm++")
     if not 1 <= steps <= MAX_STUDENT_STEPS:
         raise InputError(f"--steps {steps}: the {sampler} student samples in 1 to {MAX_STUDENT_STEPS} steps")
     if float(guidance) != float(student["guidance"]):

@@ -98,11 +98,13 @@ def score_samplers(pipeline: ECGPipeline, conditions: list[Condition], samplers:
             for s, n in samplers}
 
 
-def check_metrics(found: dict[str, dict[str, float]]) -> dict[str, float]:
+def check_metrics(found: dict[str, dict[str, float]], select: list[str] | None = None) -> dict[str, float]:
     """Epoch-line metrics of a sample check (``score_samplers``' result): each sampler's scores as
-    ``<sampler><steps>_<key>`` and ``select``, their mean sample score, which chooses the kept weights."""
+    ``<sampler><steps>_<key>`` and ``select``, the mean sample score of the samplers named in ``select`` (all
+    when None), which chooses the kept weights."""
     metrics = {f"{name.replace('-', '')}_{key}": v for name, score in found.items() for key, v in score.items()}
-    return {**metrics, "select": sum(s["score"] for s in found.values()) / len(found)}
+    chosen = [found[name] for name in (select or found)]
+    return {**metrics, "select": sum(s["score"] for s in chosen) / len(chosen)}
 
 
 def pick_eps_scale(found: dict[float, dict[str, float]], max_bad: float = 0.01) -> float:

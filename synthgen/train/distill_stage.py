@@ -7,8 +7,9 @@ guided DDIM step with its Epsilon Scaling to t_n − k (``model.consistency.teac
 network θ⁻ (an EMA of the student) maps that point to x₀ and the student, from x_{t_n}, must land on the same
 x₀: pseudo-Huber(f_θ(x_{t_n}, t_n), f_θ⁻(x̂_{t_n−k}, t_n − k)), with f the c_skip/c_out parameterisation that
 makes f the identity at t = 0. The student starts as a copy of the teacher's U-Net (same size, v-prediction).
-Checkpoints are chosen, as in stage 2, by the ``sample_score`` of ECGs the target network makes in 1, 2 and 4
-steps for fixed validation conditions; the export is a bundle = teacher + ``student.safetensors``.
+Checkpoints are chosen, as in stage 2, by the ``sample_score`` of ECGs the target network makes for fixed
+validation conditions: scored at 1, 2 and 4 steps, chosen on the mean over ``DistillConfig.select_steps`` (1
+and 2); the export is a bundle = teacher + ``student.safetensors``.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def distill_worker(config: dict[str, Any]) -> None:
             return metrics
         found = score_samplers(pipeline, check_conditions, [(SAMPLER, s) for s in dc.sample_check_steps],
                                dc.guidance)
-        return {**metrics, **check_metrics(found)}
+        return {**metrics, **check_metrics(found, [f"{SAMPLER}-{s}" for s in dc.select_steps])}
 
     fit(
         name="distill", stage=dc.stage,
@@ -161,8 +162,10 @@ def _card(teacher_card: str, student: dict[str, Any], command: str) -> str:
         f"target network EMA {t['config']['target_ema_decay']}; sample with "
         f"`--sampler lcm --steps 1…{student['max_steps']} --guidance {g:g}`",
         f"- Epochs: {t['config']['stage']['epochs']}, steps: {t['steps']} (batch {t['config']['stage']['batch_size']}),"
-        f" wall time: {t['seconds']} s; kept the target weights of epoch {t['best_epoch']} (mean sample score over "
-        f"{len(student['scores'])} step counts {t['best_sample_score']:.3f})",
+        f" wall time: {t['seconds']} s" + (f" (the last run only; resumed at steps {t['resumed_at_steps']})"
+                                           if t["resumed_at_steps"] else "") +
+        f"; kept the target weights of epoch {t['best_epoch']} (mean sample score over "
+        f"{', '.join(str(s) for s in t['config']['select_steps'])} steps {t['best_sample_score']:.3f})",
         f"- Sample score on {t['check_n']} validation conditions (HR MAE in bpm + 100 × share near-flat or "
         f"HR-unmeasurable; lower is better): student {shown(student['scores'])}; teacher "
         f"{shown(student['teacher_scores'])}",
@@ -212,7 +215,7 @@ def distill(data: str, out: str, *, teacher: str | None = None, preset: str = "s
         "method": "latent consistency distillation (Luo et al. 2023)", "sampler": SAMPLER,
         "guidance": float(dc.guidance), "original_inference_steps": dc.original_steps,
         "max_steps": MAX_STUDENT_STEPS, "timestep_scaling": TIMESTEP_SCALING,
-        "teacher": {"model_hash": bundle.model_hash, "url": bundle.url, "solver": "ddim",
+        "teacher": {"model_hash": bundle.model_hash, "url": teacher or "shipped", "solver": "ddim",
                     "k": noise["T"] // dc.original_steps, "eps_scale": eps_scale},
     }
     started = time.time()
@@ -228,7 +231,7 @@ def distill(data: str, out: str, *, teacher: str | None = None, preset: str = "s
                   "unet_model": bundle.config["unet"], "unet_state": bundle.unet.state_dict(),
                   "latent_scale": bundle.config["latent_scale"], "noise": noise, "student": student_info,
                   "embedder": emb.name, "storage_options": storage_options,
-                  "cache": fill_embedding_cache(conditions_table, emb, out, storage_options),
+                  "cache": fill_embedding_cache(conditions_table, emb, out, storage_options, "distill"),
                   "patient_stats": bundle.config["patient_stats"], "check_conditions": checks}
         trainer = _trainer(distill_worker, config, "distill", out, workers, gpu, datasets, storage_options)
         state = _final_state(trainer.fit())

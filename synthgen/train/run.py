@@ -237,15 +237,15 @@ def check_conditions(conditions: pa.Table, n: int) -> list[dict]:
              "hr": rows[i]["hr"]} for i in picks]
 
 
-def fill_embedding_cache(conditions: pa.Table, embedder: Embedder, out: str,
-                         storage_options: StorageOptions = None) -> str:
+def fill_embedding_cache(conditions: pa.Table, embedder: Embedder, out: str, storage_options: StorageOptions = None,
+                         stage: str = "diffusion") -> str:
     """Embed every training/validation prompt (``conditions``: split and reports of the records) once on the
     driver into the run's cache ``OUT/embeddings``, which the workers read (on a cluster OUT is shared storage;
-    the driver's local cache is not); returns its URL."""
+    the driver's local cache is not); returns its URL. ``stage`` prefixes the progress line."""
     from synthgen.conditions.prompts import ordered_prompt
 
     prompts = sorted({ordered_prompt(r) for r in _split(conditions, "train", "val")["reports"].to_pylist()})
-    print(f"[diffusion] embedding {len(prompts)} unique report prompts with {embedder.name}", flush=True)
+    print(f"[{stage}] embedding {len(prompts)} unique report prompts with {embedder.name}", flush=True)
     shared = join(out, "embeddings")
     CachedEmbedder(embedder, shared, storage_options).embed(prompts)
     return shared
