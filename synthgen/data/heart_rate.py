@@ -7,7 +7,8 @@ then GQRS. A detection counts only with >= 3 beats and a plausible rate (25–25
 Speed: wfdb's XQRS spends ~90 % of its time in ``wfdb.processing.peaks.find_local_peaks``, a Python loop over
 every sample (~40 ms per 10 s lead at 512 Hz). ``local_peaks`` returns the same peaks with one sliding-window
 maximum (tested equal to wfdb's on real and random signals, ties included), and XQRS uses it while
-``hr_from_signal`` runs: the same heart rates, ~6× faster. That matters because every generated ECG is checked
+``hr_from_signal`` runs: the same heart rates, and the whole plausibility check 48 → 4.8 ms per ECG on one core
+of the 2-core machine (docs/benchmarks.md, "generate"). That matters because every generated ECG is checked
 (synthgen.data.plausibility), and at 1–2 sampling steps the check would otherwise cost more than the sampling.
 """
 
