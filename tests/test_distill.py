@@ -189,6 +189,19 @@ def test_distill_config_round_trips():
         assert TrainConfig.from_dict(json.loads(json.dumps(tc.to_dict()))).distill == tc.distill
 
 
+def test_kept_weights_are_chosen_on_the_select_steps_only():
+    """The student is scored at 1, 2 and 4 steps but its weights are chosen on 1 and 2 (the step counts faster
+    than deepfake-ecg): a bad 4-step score does not move ``select``."""
+    from synthgen.train.diffusion_stage import check_metrics
+
+    dc = get_preset("small").distill
+    assert dc.sample_check_steps == (1, 2, 4) and dc.select_steps == (1, 2)
+    found = {"lcm-1": {"score": 2.0}, "lcm-2": {"score": 4.0}, "lcm-4": {"score": 100.0}}
+    metrics = check_metrics(found, [f"lcm-{s}" for s in dc.select_steps])
+    assert metrics["select"] == 3.0 and metrics["lcm4_score"] == 100.0
+    assert check_metrics(found)["select"] == 106.0 / 3  # stage 2: every sampler counts
+
+
 def test_distill_refuses_an_epsilon_teacher(ptbxl_shards, tmp_path: Path):
     from synthgen.train.distill_stage import distill
 
