@@ -98,6 +98,18 @@ def test_default_shard_size_gives_a_small_run_a_shard_per_actor():
     assert GenerateConfig("m.csv", "out").plan_params("a", "b", 32, "h")["shard_size"] == 16
 
 
+def test_precision_is_checked_and_recorded_only_when_not_fp32():
+    from synthgen.generate.config import GenerateConfig
+
+    with pytest.raises(InputError, match="--precision=fp16: needs --gpu"):
+        GenerateConfig("m.csv", "out", precision="fp16").check()
+    with pytest.raises(InputError, match="--precision='int8'"):
+        GenerateConfig("m.csv", "out", precision="int8").check()
+    GenerateConfig("m.csv", "out", precision="fp16", gpu=True).check()
+    assert "precision" not in GenerateConfig("m.csv", "out").plan_params("a", "b", 32, "h")  # old plans match
+    assert GenerateConfig("m.csv", "out", precision="bf16").plan_params("a", "b", 32, "h")["precision"] == "bf16"
+
+
 def test_bad_input_writes_nothing(tmp_path, manifest, model_kw):
     bad = tmp_path / "bad.csv"
     bad.write_text("report,age\nx,500\n,20\n")

@@ -37,11 +37,11 @@ def _planned(fs, root: str) -> dict:
     return read_json(fs, path).get("params", {}) if fs.exists(path) else {}
 
 
-def _claim_out(fs, root: str, plan_doc: dict) -> None:
-    """Write _plan.json, or check that the one already there describes the same run (never mix two runs)."""
+def _claim_out(fs, root: str, plan_doc: dict, old: dict) -> None:
+    """Write _plan.json, or check that the one already there (its params: ``old``, {} when there is none)
+    describes the same run (never mix two runs)."""
     path = join(root, "_plan.json")
-    if fs.exists(path):
-        old = _planned(fs, root)
+    if old:
         diff = sorted(k for k in set(old) | set(plan_doc["params"]) if old.get(k) != plan_doc["params"].get(k))
         if diff:
             raise InputError(f"{path} belongs to a run with different parameters ({', '.join(diff)}): "
@@ -92,14 +92,15 @@ def run_generate(config: GenerateConfig) -> dict:
     bundle = load_bundle(config.model, storage_options)  # on the driver: its hash, and a bad model fails here
     check_writable(out, storage_options)  # every input is valid: now the output, before Ray starts
     fs, root = resolve(out, storage_options)
+    planned = _planned(fs, root)
     if config.shard_size is None:  # resuming: keep the shard size the run started with (the default may change)
-        config = replace(config, shard_size=_planned(fs, root).get("shard_size"))
+        config = replace(config, shard_size=planned.get("shard_size"))
     params = config.plan_params(specs_fingerprint(specs), hashlib.sha256(json.dumps(counts).encode()).hexdigest(),
                                 sum(counts), bundle.model_hash)
     run_id = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     plan = Plan(tuple(counts), config.seed, params["shard_size"])
     _claim_out(fs, root, {"run_id": run_id, "params": params, "manifest": config.manifest,
-                          "n_shards": plan.n_shards, "created": datetime.now(timezone.utc).isoformat()})
+                          "n_shards": plan.n_shards, "created": datetime.now(timezone.utc).isoformat()}, planned)
     done = committed_shards(fs, root, config.output_format)
     pending = [k for k in range(plan.n_shards) if k not in done]
     summary_path = join(root, "_SUCCESS.json")
