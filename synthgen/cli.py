@@ -25,6 +25,7 @@ import typer
 from typer.core import TyperGroup
 
 from synthgen.errors import InputError, outside_failure
+from synthgen.model.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 
 class _Commands(TyperGroup):
@@ -299,12 +300,13 @@ def generate(
     n: Optional[int] = typer.Option(None, help="Total ECGs, spread over rows by n/weight or evenly "
                                                "(default: the manifest's n column, else 1 per row)."),
     model: Optional[str] = typer.Option(None, help="Model bundle folder or URL (default: the shipped model)."),
-    sampler: str = typer.Option("ddpm", help="ddpm (ancestral, the paper's; follows the requested HR best), "
-                                             "dpm++sde (stochastic DPM-Solver++: 20 steps, no flat ECGs, less "
-                                             "variety), "
-                                             "ddim or dpm++ (deterministic), or lcm (a distilled student from "
-                                             "`synthgen train distill`, 1-4 steps). See docs/benchmarks.md."),
-    steps: int = typer.Option(100, help="Denoising steps (the paper's DDPM uses 1000)."),
+    sampler: str = typer.Option(DEFAULT_SAMPLER, help="dpm++sde (stochastic DPM-Solver++, 20 steps: the best "
+                                                      "figures of the shipped model), ddpm (ancestral, the "
+                                                      "paper's), ddim or dpm++ (deterministic), or lcm (the "
+                                                      "distilled student, 1-4 steps). See docs/benchmarks.md."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the sampler's own — "
+                                                   f"{', '.join(f'{k} {v}' for k, v in DEFAULT_STEPS.items())}; "
+                                                   "the paper's DDPM uses 1000)."),
     guidance: float = typer.Option(2.0, help="Classifier-free guidance scale (1 = none)."),
     seed: int = typer.Option(0, help="Run seed; each sample's seed derives from (seed, spec, index)."),
     batch_size: int = typer.Option(32, help="ECGs per forward pass in each actor."),
@@ -468,8 +470,9 @@ def augment_eval(
     ratios: str = typer.Option("0.25,0.5,1", help="Synthetic : real minority-class ECGs, one augmented arm each."),
     n_synthetic: int = typer.Option(300, help="ECGs per class to generate when --synthetic is not given."),
     model: Optional[str] = typer.Option(None, help="Model bundle for generating (default: the shipped model)."),
-    sampler: str = typer.Option("ddpm", help="Sampler for generating: ddpm, dpm++sde, ddim or dpm++."),
-    sampler_steps: int = typer.Option(100, help="Denoising steps for generating."),
+    sampler: str = typer.Option(DEFAULT_SAMPLER, help="Sampler for generating: dpm++sde, ddpm, ddim, dpm++ or lcm."),
+    sampler_steps: Optional[int] = typer.Option(None, help="Denoising steps for generating (default: the "
+                                                           "sampler's own, as in `generate`)."),
     seed: int = typer.Option(0, help="Seed of the synthetic set, of the rows the augmented arms add and of the "
                                      "bootstrap."),
     bootstrap: int = typer.Option(2000, help="Bootstrap replicates of the paired 95 % intervals."),

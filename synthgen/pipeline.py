@@ -1,5 +1,6 @@
 """ECGPipeline: conditions + seeds -> 12-lead ECGs in mV. It only composes parts (diffusers style):
-embedder and patient encoding -> U-Net + scheduler loop with classifier-free guidance -> VAE decoder.
+embedder and patient encoding -> U-Net + scheduler loop with classifier-free guidance -> VAE decoder -> the
+limb leads projected onto Einthoven's and Goldberger's laws (``ecg.project_limb_leads``).
 With ``sampler="lcm"`` the bundle's distilled student replaces the U-Net: 1–4 steps, guidance folded in
 (one network call per step; model/consistency.py).
 
@@ -19,12 +20,13 @@ import torch
 from synthgen.conditions.embedders import Embedder, get_embedder
 from synthgen.conditions.patient import PatientStats, embed_reports
 from synthgen.conditions.spec import Condition
-from synthgen.ecg import N_SAMPLES
+from synthgen.ecg import N_SAMPLES, project_limb_leads
 from synthgen.errors import InputError
 from synthgen.io.paths import StorageOptions
 from synthgen.model.bundle import Bundle, load_bundle
 from synthgen.model.consistency import check_student_sampler
-from synthgen.model.schedulers import STUDENT_SAMPLERS, epsilon_scaling, make_scheduler
+from synthgen.model.schedulers import (DEFAULT_SAMPLER, STUDENT_SAMPLERS, EpsScale, default_steps, epsilon_scaling,
+                                       make_scheduler)
 
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -59,8 +61,9 @@ class ECGPipeline:
         self.noise = dict(num_train_timesteps=noise["T"], beta_start=noise["beta_start"], beta_end=noise["beta_end"],
                           prediction_type=noise.get("prediction_type", "epsilon"),  # older bundles: epsilon,
                           zero_terminal_snr=noise.get("zero_terminal_snr", False))  # and ᾱ_T > 0
-        # Epsilon Scaling factor per sampler, chosen on validation conditions at training (older bundles: none)
-        self.eps_scale: dict[str, float] = bundle.config.get("sampling", {}).get("eps_scale", {})
+        # Epsilon Scaling per sampler, chosen on validation conditions at training (older bundles: none)
+        self.eps_scale: dict[str, EpsScale] = {
+            name: EpsScale.parse(v) for name, v in bundle.config.get("sampling", {}).get("eps_scale", {}).items()}
 
     @classmethod
     def from_bundle(cls, url: str | None = None, storage_options: StorageOptions = None,
@@ -99,14 +102,18 @@ class ECGPipeline:
         return eps_uncond + guidance * (eps_cond - eps_uncond)
 
     @torch.inference_mode()
-    def __call__(self, conditions: Sequence[Condition], seeds: Sequence[int], sampler: str = "ddpm",
-                 steps: int = 100, guidance: float = 2.0, eps_scale: float | None = None) -> np.ndarray:
-        """float32 (B, 12, 1024) ECGs in mV. ``sampler="ddpm", steps=1000`` is the paper's sampler.
-        ``eps_scale``: the Epsilon Scaling factor (``model.schedulers.epsilon_scaling``); None takes the
-        bundle's for this sampler (1 = none). ``sampler="lcm"``: the distilled student, 1–4 steps, at the
-        guidance it was distilled with (InputError otherwise, or when the bundle has none)."""
+    def __call__(self, conditions: Sequence[Condition], seeds: Sequence[int], sampler: str = DEFAULT_SAMPLER,
+                 steps: int | None = None, guidance: float = 2.0,
+                 eps_scale: float | str | EpsScale | None = None) -> np.ndarray:
+        """float32 (B, 12, 1024) ECGs in mV, limb leads lawful. ``steps`` None: the sampler's default
+        (``schedulers.DEFAULT_STEPS``); ``sampler="ddpm", steps=1000`` is the paper's sampler.
+        ``eps_scale``: Epsilon Scaling (``model.schedulers.EpsScale``: a factor, or "1.6@500" for the steps at
+        t ≥ 500 only); None takes the bundle's for this sampler (none: 1). ``sampler="lcm"``: the distilled
+        student, 1–4 steps, at the guidance it was distilled with (InputError otherwise, or when the bundle has
+        none)."""
         if len(conditions) != len(seeds):
             raise ValueError(f"{len(conditions)} conditions but {len(seeds)} seeds")
+        steps = default_steps(sampler, steps) or 0  # an unknown sampler: make_scheduler says so
         check_student_sampler(self.bundle.config, sampler, steps, guidance, self.bundle.url)
         if not conditions:
             return np.zeros((0, self.vae.cfg.in_channels, N_SAMPLES), np.float32)
@@ -120,7 +127,7 @@ class ECGPipeline:
         z = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(self.device)
         z = z * scheduler.init_noise_sigma
         cond = self.encode_conditions(conditions)
-        factor = self.eps_scale.get(sampler, 1.0) if eps_scale is None else float(eps_scale)
+        scaling = self.eps_scale.get(sampler, EpsScale()) if eps_scale is None else EpsScale.parse(eps_scale)
         for t in scheduler.timesteps:
             with self.autocast():
                 if student:  # guidance is folded into the student: one call on the conditional batch
@@ -129,8 +136,9 @@ class ECGPipeline:
                     out = self.predict_noise(scheduler.scale_model_input(z, t), t, cond, guidance)
             out = out.float()
             if not student:
-                out = epsilon_scaling(out, z, scheduler.alphas_cumprod[int(t)], factor, self.noise["prediction_type"])
+                out = epsilon_scaling(out, z, scheduler.alphas_cumprod[int(t)], scaling.at(int(t)),
+                                      self.noise["prediction_type"])
             z = scheduler.step(out, t, z, generator=generators).prev_sample
         with self.autocast():
             ecg = self.vae.decode(z / self.latent_scale)
-        return ecg.float().cpu().numpy()
+        return project_limb_leads(ecg.float().cpu().numpy())

@@ -108,6 +108,17 @@ def test_teacher_solver_is_the_ddim_sampler_with_epsilon_scaling(eps_scale):
         torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_teacher_solver_scales_each_sample_by_its_own_factor():
+    """Per-sample factors (an interval setting gives 1 below its timestep): each row equals its scalar step."""
+    g = torch.Generator().manual_seed(4)
+    x, out = torch.randn(2, 4, 128, generator=g), torch.randn(2, 4, 128, generator=g)
+    ab, ab_prev = torch.full((2, 1, 1), 0.4), torch.full((2, 1, 1), 0.6)
+    both = teacher_ddim_step(out, x, ab, ab_prev, "v_prediction", torch.tensor([1.3, 1.0])[:, None, None])
+    for i, factor in enumerate((1.3, 1.0)):
+        alone = teacher_ddim_step(out[i:i + 1], x[i:i + 1], ab[:1], ab_prev[:1], "v_prediction", factor)
+        torch.testing.assert_close(both[i:i + 1], alone)
+
+
 # -------------------------------------------------------------------------------------------- sampler
 @pytest.fixture(scope="module")
 def student_pipe(tmp_path_factory: pytest.TempPathFactory) -> ECGPipeline:

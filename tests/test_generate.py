@@ -50,7 +50,7 @@ def manifest(tmp_path) -> str:
 
 @pytest.fixture
 def model_kw(tiny_bundle: TinyBundle) -> dict:
-    """The tiny real model, two DDIM steps: the production path, fast."""
+    """The tiny real model, two steps of the default sampler: the production path, fast."""
     return dict(model=tiny_bundle.url, steps=2, progress=False)
 
 
@@ -96,6 +96,36 @@ def test_default_shard_size_gives_a_small_run_a_shard_per_actor():
     assert GenerateConfig("m.csv", "out").shard_size_for(32) == 16  # README's 32 ECGs: 2 shards
     assert GenerateConfig("m.csv", "out", shard_size=5).shard_size_for(32) == 5
     assert GenerateConfig("m.csv", "out").plan_params("a", "b", 32, "h")["shard_size"] == 16
+
+
+def test_steps_default_to_the_samplers_own_and_are_recorded():
+    from synthgen.generate.config import GenerateConfig
+
+    assert GenerateConfig("m.csv", "out").sampler == "dpm++sde"
+    assert [GenerateConfig("m.csv", "out", sampler=s).steps for s in ("dpm++sde", "ddpm", "ddim", "lcm")] == \
+        [20, 100, 50, 1]
+    assert GenerateConfig("m.csv", "out", sampler="ddpm", steps=1000).steps == 1000
+    params = GenerateConfig("m.csv", "out").plan_params("a", "b", 32, "h")
+    assert (params["sampler"], params["steps"], params["limb_leads"]) == ("dpm++sde", 20, "einthoven-goldberger")
+    assert GenerateConfig("m.csv", "out", sampler="lcm").provenance("r", "h").steps == 1
+    with pytest.raises(InputError, match="--sampler='x'"):
+        GenerateConfig("m.csv", "out", sampler="x").check()
+
+
+def test_a_plan_of_other_outputs_is_refused_with_what_differs(tmp_path):
+    """A run planned before the limb-lead projection, with the old default sampler, is not resumed by today's
+    defaults: the error lists each difference and says how to resume it."""
+    import fsspec
+
+    from synthgen.generate.config import GenerateConfig
+    from synthgen.generate.run import _claim_out
+
+    plan = {"params": GenerateConfig("m.csv", "out").plan_params("a", "b", 32, "h")}
+    old = {**{k: v for k, v in plan["params"].items() if k != "limb_leads"}, "sampler": "ddpm", "steps": 100}
+    with pytest.raises(InputError, match=r"limb_leads None -> 'einthoven-goldberger', sampler 'ddpm' -> 'dpm\+\+sde'"
+                                         r", steps 100 -> 20\).*pass that run's --sampler and --steps"):
+        _claim_out(fsspec.filesystem("file"), str(tmp_path), plan, old)
+    assert not (tmp_path / "_plan.json").exists()
 
 
 def test_precision_is_checked_and_recorded_only_when_not_fp32():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from synthgen.model.schedulers import SAMPLERS, epsilon_scaling, make_scheduler
+from synthgen.model.schedulers import SAMPLERS, EpsScale, epsilon_scaling, make_scheduler
 from synthgen.model.unet import UNet1D, UNetConfig
 from synthgen.model.vae import VAE, VAEConfig, kl_divergence
 
@@ -216,3 +216,14 @@ def test_epsilon_scaling_divides_the_implied_noise(prediction_type: str) -> None
     if prediction_type == "v_prediction":  # x₀ = α·x_t − σ·v is consistent with x_t and the scaled ε
         assert torch.allclose(a * z - s * scaled, (z - s * eps / 1.25) / a, atol=1e-5)
 
+
+def test_eps_scale_settings_parse_print_and_apply_by_timestep() -> None:
+    assert EpsScale.parse("1.6@500") == EpsScale(1.6, 500) and str(EpsScale(1.6, 500)) == "1.6@500"
+    assert EpsScale.parse(1.1) == EpsScale.parse("1.1") == EpsScale(1.1, 0) and str(EpsScale(1.1)) == "1.1"
+    assert [EpsScale(1.6, 500).at(t) for t in (999, 500, 499, 0)] == [1.6, 1.6, 1.0, 1.0]
+    assert str(EpsScale(1.23456789)) == "1.23456789" and str(EpsScale.parse("1")) == "1"
+    for bad in ("x", "1.2@", "1.2@t5", "0", "inf", "nan", "1.2@-1"):
+        with pytest.raises(ValueError, match="Epsilon Scaling"):
+            EpsScale.parse(bad)
+    factors = EpsScale(1.6, 500).factors(torch.tensor([999, 500, 499, 19]))
+    assert factors.shape == (4, 1, 1) and factors.flatten().tolist() == pytest.approx([1.6, 1.6, 1.0, 1.0])

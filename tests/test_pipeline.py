@@ -11,7 +11,7 @@ import pytest
 from synthgen.conditions.spec import Condition
 from synthgen.errors import InputError
 from synthgen.model.bundle import load_bundle
-from synthgen.model.schedulers import SAMPLERS
+from synthgen.model.schedulers import SAMPLERS, EpsScale
 from synthgen.pipeline import ECGPipeline
 from test_bundle import save_tiny_bundle
 from test_model import single_thread  # noqa: F401 (autouse fixture)
@@ -110,3 +110,28 @@ def test_pipeline_applies_the_bundles_eps_scale(tmp_path: Path) -> None:
     assert np.array_equal(pipe(cond, seeds, sampler="dpm++", steps=4),  # no factor saved for dpm++
                           pipe(cond, seeds, sampler="dpm++", steps=4, eps_scale=1.0))
 
+
+def test_generated_limb_leads_obey_einthoven_and_goldberger(tmp_path: Path) -> None:
+    """An untrained decoder's six limb leads are unrelated traces; the pipeline returns the nearest lawful set."""
+    save_tiny_bundle(str(tmp_path / "m"))
+    pipe = ECGPipeline(load_bundle(str(tmp_path / "m")), embedder=HashEmbedder())
+    ecg = pipe([Condition(("sinus rhythm",), 50, "F", 70)] * 2, [0, 1], sampler="ddim", steps=2)
+    i, ii = ecg[:, 0], ecg[:, 1]
+    np.testing.assert_allclose(ecg[:, 2:6], np.stack([ii - i, -(i + ii) / 2, i - ii / 2, ii - i / 2], 1), atol=1e-5)
+
+
+def test_pipeline_applies_epsilon_scaling_only_from_its_timestep(tmp_path: Path) -> None:
+    """"1.3@T" scales ε̂ at the steps with t ≥ T only: from 0 it is plain 1.3, from above the last timestep it
+    is no scaling, and between the two it is neither; a bundle may store the interval form."""
+    save_tiny_bundle(str(tmp_path / "m"), sampling={"eps_scale": {"ddpm": "1.3@500"}})
+    pipe = ECGPipeline(load_bundle(str(tmp_path / "m")), embedder=HashEmbedder())
+    cond, seeds = [Condition(("sinus rhythm",), 50, "F", 70)], [0]
+
+    def run(eps_scale=None):
+        return pipe(cond, seeds, sampler="ddpm", steps=6, eps_scale=eps_scale)
+
+    assert np.array_equal(run("1.3@0"), run(1.3))
+    assert np.array_equal(run("1.3@1000"), run(1.0))
+    between = run()
+    assert np.array_equal(between, run(EpsScale(1.3, 500)))
+    assert not np.array_equal(between, run(1.3)) and not np.array_equal(between, run(1.0))

@@ -25,7 +25,7 @@ from scipy.signal import resample_poly
 
 from synthgen import __version__
 from synthgen.data.preprocess import resample_1024
-from synthgen.ecg import FS, LEADS, N_LEADS, N_SAMPLES
+from synthgen.ecg import FS, LEADS, N_LEADS, N_SAMPLES, derive_limb_leads
 from synthgen.errors import InputError
 from synthgen.io.generated import read_generated, write_parts
 from synthgen.io.paths import StorageOptions
@@ -44,14 +44,6 @@ WAVES = {
     "T": (0.30, 0.050, (0.20, 0.25, 0.10)),  # offset scaled by sqrt(RR) (QT shortens with rate)
 }
 PRECORDIAL_DEG = (120.0, 95.0, 70.0, 45.0, 20.0, 0.0)  # V1..V6 in the horizontal plane, from the left
-
-
-def derive_limb_leads(sig: np.ndarray) -> np.ndarray:
-    """Set III, aVR, aVL, aVF of a (12, n) array (canonical order) from its I and II, in place; returns it.
-    III = II − I, aVR = −(I + II)/2, aVL = I − II/2, aVF = II − I/2: Einthoven's and Goldberger's laws exact."""
-    i, ii = sig[0].copy(), sig[1].copy()
-    sig[2], sig[3], sig[4], sig[5] = ii - i, -(i + ii) / 2, i - ii / 2, ii - i / 2
-    return sig
 
 
 def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:

@@ -10,7 +10,7 @@ from synthgen import __version__
 from synthgen.errors import InputError
 from synthgen.io.generated import SCHEMA_VERSION, Provenance
 from synthgen.io.paths import StorageOptions
-from synthgen.model.schedulers import SAMPLERS, STUDENT_SAMPLERS
+from synthgen.model.schedulers import DEFAULT_SAMPLER, SAMPLERS, STUDENT_SAMPLERS, default_steps
 
 FORMATS = ("parquet", "wfdb", "both")
 PRECISIONS = ("fp32", "fp16", "bf16")  # synthgen.pipeline.PRECISIONS (not imported here: torch)
@@ -36,8 +36,8 @@ class GenerateConfig:
     out: str
     n: int | None = None
     model: str | None = None  # None: the shipped model
-    sampler: str = "ddpm"
-    steps: int = 100
+    sampler: str = DEFAULT_SAMPLER
+    steps: int | None = None  # None: the sampler's default (schedulers.DEFAULT_STEPS), resolved on construction
     guidance: float = 2.0
     seed: int = 0
     batch_size: int = 32
@@ -51,13 +51,16 @@ class GenerateConfig:
     progress: bool = True
     replace_implausible: int = 0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", default_steps(self.sampler, self.steps))
+
     def check(self) -> None:
         """Every out-of-range setting at once, as one InputError naming the options."""
         problems = [msg for bad, msg in (
             (self.n is not None and self.n < 0, f"--n={self.n}: expected a non-negative integer"),
             (self.sampler not in SAMPLERS + STUDENT_SAMPLERS,
              f"--sampler={self.sampler!r}: expected one of {', '.join(SAMPLERS + STUDENT_SAMPLERS)}"),
-            (self.steps < 1, f"--steps={self.steps}: expected a positive integer"),
+            (self.steps is not None and self.steps < 1, f"--steps={self.steps}: expected a positive integer"),
             (not math.isfinite(self.guidance) or self.guidance < 0,
              f"--guidance={self.guidance}: expected a number >= 0"),
             (self.seed < 0, f"--seed={self.seed}: expected a non-negative integer"),
@@ -91,6 +94,8 @@ class GenerateConfig:
             "steps": self.steps, "guidance": float(self.guidance), "shard_size": self.shard_size_for(total),
             "output_format": self.output_format, "wfdb_fs": self.wfdb_fs, "synthgen_version": __version__,
             "schema": SCHEMA_VERSION, "replace_implausible": self.replace_implausible,
+            # outputs before the pipeline projected the limb leads differ: a plan without this key is refused
+            "limb_leads": "einthoven-goldberger",
             # only when not the default, so plans written before the option existed still match
             **({"precision": self.precision} if self.precision != "fp32" else {}),
         }

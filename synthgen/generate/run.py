@@ -42,10 +42,14 @@ def _claim_out(fs, root: str, plan_doc: dict, old: dict) -> None:
     describes the same run (never mix two runs)."""
     path = join(root, "_plan.json")
     if old:
-        diff = sorted(k for k in set(old) | set(plan_doc["params"]) if old.get(k) != plan_doc["params"].get(k))
+        new = plan_doc["params"]
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
-            raise InputError(f"{path} belongs to a run with different parameters ({', '.join(diff)}): "
-                             "use a new --out, or the same parameters to resume that run")
+            changes = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+            hint = ("; the default sampler is now dpm++sde-20 (it was ddpm-100): pass that run's --sampler and --steps"
+                    if {"sampler", "steps"} & set(diff) else "")
+            raise InputError(f"{path} belongs to a run with different parameters ({changes}): use a new --out, or "
+                             f"the same parameters to resume that run{hint}")
     else:
         write_json_atomic(fs, path, plan_doc)
 

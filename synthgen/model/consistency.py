@@ -38,15 +38,16 @@ def x0_and_eps(out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor,
 
 
 def teacher_ddim_step(out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor,
-                      prediction_type: str, eps_scale: float = 1.0) -> torch.Tensor:
+                      prediction_type: str, eps_scale: float | torch.Tensor = 1.0) -> torch.Tensor:
     """One deterministic DDIM step (η = 0) from x_t to x_s, per sample: x_s = √ᾱ_s·x̂₀ + √(1−ᾱ_s)·ε̂.
 
     ``out``: the teacher's (guided) output at x_t; ``alpha_bar``/``alpha_bar_prev`` (B, 1, 1) ᾱ_t and ᾱ_s.
-    ``eps_scale``: Epsilon Scaling (``model.schedulers.epsilon_scaling``): ε̂ ← ε̂ / factor and x̂₀ recomputed
-    from it, except where ᾱ_t < 1e-6 (x_T is pure noise there). With one scalar t this is diffusers'
-    ``DDIMScheduler.step`` on ``epsilon_scaling``'s output, as the pipeline's "ddim" sampler does."""
+    ``eps_scale``: Epsilon Scaling (``model.schedulers.epsilon_scaling``), a factor or (B, 1, 1) factors per
+    sample: ε̂ ← ε̂ / factor and x̂₀ recomputed from it, except where ᾱ_t < 1e-6 (x_T is pure noise there).
+    With one scalar t this is diffusers' ``DDIMScheduler.step`` on ``epsilon_scaling``'s output, as the
+    pipeline's "ddim" sampler does."""
     x0, eps = x0_and_eps(out, x, alpha_bar, prediction_type)
-    if eps_scale != 1.0:
+    if not torch.all(torch.as_tensor(eps_scale) == 1.0):
         noise_only = alpha_bar < 1e-6
         scaled = eps / eps_scale
         x0 = torch.where(noise_only, x0, (x - (1 - alpha_bar).sqrt() * scaled) / alpha_bar.clamp_min(1e-6).sqrt())

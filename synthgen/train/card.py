@@ -23,7 +23,7 @@ def model_card(config: dict, command: str) -> str:
 ## Stage 2: latent diffusion (DDPM, T={config['noise']['T']}, linear β {config['noise']['beta_start']}…{config['noise']['beta_end']}, {config['noise']['prediction_type']}{', zero terminal SNR' if config['noise'].get('zero_terminal_snr') else ''}, EMA)
 - Epochs: {t['diffusion']['epochs']}, steps: {t['diffusion']['steps']}, wall time: {t['diffusion']['seconds']} s
 - Kept weights (EMA, with warm-up): epoch {t['diffusion']['best_epoch']}, the lowest sample score {t['diffusion']['best_sample_score']:.3f} (HR MAE in bpm + 100 × share of near-flat or HR-unmeasurable ECGs, {config['training']['config']['sample_check_n']} validation conditions, samplers {config['training']['config']['sample_check_samplers']}, guidance {config['training']['config']['sample_check_guidance']})
-- Epsilon Scaling (Ning et al. 2024), chosen on the same conditions and applied by the pipeline: {config.get('sampling', {}).get('eps_scale', 'none')} (sample score per factor: {config.get('sampling', {}).get('scores', {})})
+- Epsilon Scaling (Ning et al. 2024), chosen on the same conditions and applied by the pipeline: {config.get('sampling', {}).get('eps_scale', 'none')} (sample score per setting: {config.get('sampling', {}).get('scores', {})})
 
 ## Reproduce
 ```

@@ -32,7 +32,7 @@ from synthgen.io.shards import SUMMARY, read_shards, read_summary
 from synthgen.model.bundle import Bundle, load_bundle, save_bundle
 from synthgen.model.consistency import (MAX_STUDENT_STEPS, consistency_output, pseudo_huber, solver_timesteps,
                                         teacher_ddim_step)
-from synthgen.model.schedulers import make_scheduler
+from synthgen.model.schedulers import EpsScale, make_scheduler
 from synthgen.model.unet import UNet1D, UNetConfig
 from synthgen.model.vae import VAE, VAEConfig
 from synthgen.pipeline import ECGPipeline
@@ -82,7 +82,7 @@ def distill_worker(config: dict[str, Any]) -> None:
     grid = solver_timesteps(pipeline.noise["num_train_timesteps"], dc.original_steps).to(device)
     k = pipeline.noise["num_train_timesteps"] // dc.original_steps
     dropout = replace(tc, p_uncond=0.0, p_drop_text=dc.p_drop_text, p_drop_feature=dc.p_drop_feature)
-    eps_scale = float(config["student"]["teacher"]["eps_scale"])
+    eps_scale = EpsScale.parse(config["student"]["teacher"]["eps_scale"])
     check_conditions = [Condition(**c) for c in config["check_conditions"]]
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -109,7 +109,7 @@ def distill_worker(config: dict[str, Any]) -> None:
         out = pipeline.predict_noise(x_t, t, cond, dc.guidance)
         a_prev = torch.where(t - k >= 0, alphas[t_prev], torch.ones_like(alphas[t_prev]))
         x_prev = teacher_ddim_step(out, x_t, alphas[t][:, None, None], a_prev[:, None, None], prediction_type,
-                                   eps_scale)
+                                   eps_scale.factors(t).to(device))
         return consistency_output(scheduler, target.model(x_prev, t_prev, *cond), x_prev, t_prev, prediction_type)
 
     def train_step(batch: dict, epoch: int) -> float:
@@ -157,7 +157,7 @@ def _card(teacher_card: str, student: dict[str, Any], command: str) -> str:
         "## Stage 3: few-step student (Latent Consistency Distillation, Luo et al. 2023)",
         f"- Teacher: `{teacher['model_hash']}`; its solver: DDIM, skipping step k = {teacher['k']} "
         f"(N = {student['original_inference_steps']}), guidance {g:g} and Epsilon Scaling "
-        f"{teacher['eps_scale']:g} folded in",
+        f"{EpsScale.parse(teacher['eps_scale'])} folded in",
         "- Student: the teacher's U-Net architecture, initialised from it (v-prediction, c_skip/c_out boundary), "
         f"target network EMA {t['config']['target_ema_decay']}; sample with "
         f"`--sampler lcm --steps 1…{student['max_steps']} --guidance {g:g}`",
@@ -210,7 +210,8 @@ def distill(data: str, out: str, *, teacher: str | None = None, preset: str = "s
     stats = PatientStats.from_dict(bundle.config["patient_stats"])  # the teacher's normalisation, not the data's
     eps_scale = dc.teacher_eps_scale
     if eps_scale is None:
-        eps_scale = float(bundle.config.get("sampling", {}).get("eps_scale", {}).get("ddim", 1.0))
+        eps_scale = bundle.config.get("sampling", {}).get("eps_scale", {}).get("ddim", 1.0)
+    eps_scale = str(EpsScale.parse(eps_scale))
     student_info: dict[str, Any] = {
         "method": "latent consistency distillation (Luo et al. 2023)", "sampler": SAMPLER,
         "guidance": float(dc.guidance), "original_inference_steps": dc.original_steps,

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from synthgen.model.schedulers import EpsScale
+
 
 @dataclass
 class StageConfig:
@@ -30,8 +32,9 @@ class DistillConfig:
                                                                    checkpoint_every=100))
     guidance: float = 2.0            # classifier-free guidance folded into the student (the generate default)
     original_steps: int = 50         # N: teacher DDIM solver grid on T=1000, skipping step k = T // N = 20
-    # Epsilon Scaling of the teacher's DDIM steps; None: the teacher bundle's factor for "ddim" (1 if none).
-    teacher_eps_scale: float | None = None
+    # Epsilon Scaling of the teacher's DDIM steps (EpsScale: factor or factor@t); None: the teacher bundle's
+    # setting for "ddim" (1 if none).
+    teacher_eps_scale: str | float | None = None
     target_ema_decay: float = 0.95   # the target network θ⁻ = EMA of the student (LCM, consistency models)
     huber_c: float = 0.001           # pseudo-Huber loss constant (diffusers' LCD scripts)
     p_drop_text: float = 0.05        # the student sees missing reports and patient features as the teacher
@@ -82,11 +85,14 @@ class TrainConfig:
     # Checkpoint choice by samples (see diffusion_stage): every N epochs, N validation conditions, samplers.
     sample_check_every: int = 5
     sample_check_n: int = 32
-    sample_check_samplers: tuple[tuple[str, int], ...] = (("ddpm", 100), ("dpm++", 20))
+    # the default sampler and the ODE one (the shipped weights were chosen on ddpm-100 and dpm++-20: its card)
+    sample_check_samplers: tuple[tuple[str, int], ...] = (("dpm++sde", 20), ("dpm++", 20))
     sample_check_guidance: float = 2.0
-    # Epsilon Scaling factors tried per sampler on the same conditions once the weights are chosen; the best
-    # is saved in the bundle (config.json: sampling.eps_scale) and applied by the pipeline.
-    eps_scale_grid: tuple[float, ...] = (1.0, 1.05, 1.1, 1.15, 1.2, 1.25, 1.3, 1.35, 1.4)
+    # Epsilon Scaling settings (model.schedulers.EpsScale: factor, or factor@t for the steps at t >= t only) tried
+    # per sampler on the same conditions once the weights are chosen; the best is saved in the bundle
+    # (config.json: sampling.eps_scale) and applied by the pipeline.
+    eps_scale_grid: tuple[str, ...] = ("1", "1.05", "1.1", "1.15", "1.2", "1.25", "1.3", "1.35", "1.4",
+                                       "1.4@500", "1.5@500", "1.6@500", "1.7@500")
     eps_scale_samplers: tuple[tuple[str, int], ...] = (("ddpm", 100), ("dpm++", 20), ("ddim", 50), ("dpm++sde", 20))
     distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
@@ -106,7 +112,7 @@ class TrainConfig:
         d["diffusion"] = StageConfig(**d["diffusion"])
         for key in ("sample_check_samplers", "eps_scale_samplers"):
             d[key] = tuple((str(a), int(b)) for a, b in d[key])
-        d["eps_scale_grid"] = tuple(float(f) for f in d["eps_scale_grid"])
+        d["eps_scale_grid"] = tuple(str(EpsScale.parse(f)) for f in d["eps_scale_grid"])
         d["distill"] = DistillConfig.from_dict(d["distill"])
         return cls(**d)
 
@@ -149,7 +155,7 @@ def _tiny() -> TrainConfig:
         sample_check_every=1,
         sample_check_n=4,
         sample_check_samplers=(("ddpm", 4), ("dpm++", 3)),
-        eps_scale_grid=(1.0, 1.2),
+        eps_scale_grid=("1", "1.2@500"),
         eps_scale_samplers=(("ddpm", 4), ("dpm++", 3)),
         distill=DistillConfig(stage=StageConfig(epochs=1, batch_size=32, lr=1e-4, checkpoint_every=5),
                               target_ema_decay=0.9, sample_check_every=1, sample_check_n=4,
