@@ -271,19 +271,23 @@ def train_distill(data: str = DataOpt,
                                                              "distilled bundle (OUT/distilled)."),
                   teacher: Optional[str] = typer.Option(None, help="Teacher bundle folder or URL, v-prediction "
                                                                    "(default: the shipped model)."),
+                  method: str = typer.Option("lcd", help="lcd: Latent Consistency Distillation of the teacher; "
+                                                         "dmd: Distribution Matching Distillation of the teacher "
+                                                         "bundle's one-step student (a bundle from lcd)."),
                   preset: str = PresetOpt, workers: int = WorkersOpt, gpu: Optional[bool] = GpuOpt,
                   cache: Optional[str] = CacheOpt, seed: int = SeedOpt,
                   epochs: Optional[int] = typer.Option(None, help="Epochs (default: the preset's)."),
                   batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the preset's)."),
                   storage_options: Optional[str] = StorageOpt, config: Optional[str] = ConfigOpt) -> None:
-    """Stage 3: distil a teacher into a 1–4 step student (Latent Consistency Distillation, guidance folded in)
-    for `generate --sampler lcm`. Rerun the same command to resume after a kill."""
+    """Stage 3: distil a teacher into a 1–4 step student (guidance folded in) for `generate --sampler lcm`:
+    Latent Consistency Distillation, then optionally Distribution Matching Distillation of its one-step
+    sampling. Rerun the same command to resume after a kill."""
     from synthgen.io.paths import shown_command
     from synthgen.train.distill_stage import distill
 
-    typer.echo(distill(data, out, teacher=teacher, preset=preset, workers=workers, gpu=gpu, cache=cache, seed=seed,
-                       storage_options=_storage_options(storage_options), epochs=epochs, batch_size=batch_size,
-                       command=shown_command("synthgen", sys.argv[1:])))
+    typer.echo(distill(data, out, teacher=teacher, method=method, preset=preset, workers=workers, gpu=gpu,
+                       cache=cache, seed=seed, storage_options=_storage_options(storage_options), epochs=epochs,
+                       batch_size=batch_size, command=shown_command("synthgen", sys.argv[1:])))
 
 
 # --------------------------------------------------------------------------------------------- generate

@@ -76,6 +76,10 @@ class ECGPipeline:
         dtype = PRECISIONS[self.precision]
         return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
+    def latent_shape(self, n: int) -> tuple[int, int, int]:
+        """(n, latent channels, latent length) of the U-Net's input: 1024 samples over the VAE's downsamplings."""
+        return n, self.unet.cfg.in_channels, N_SAMPLES // 2 ** (len(self.vae.cfg.channel_mult) - 1)
+
     def encode_conditions(self, conditions: Sequence[Condition]) -> tuple[torch.Tensor, ...]:
         """U-Net condition inputs: (text, text_present, patient, patient_present)."""
         try:
@@ -123,8 +127,7 @@ class ECGPipeline:
             else {}))
         scheduler.set_timesteps(steps, device=self.device)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        shape = (1, self.unet.cfg.in_channels, N_SAMPLES // 2 ** (len(self.vae.cfg.channel_mult) - 1))
-        z = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(self.device)
+        z = torch.cat([torch.randn(self.latent_shape(1), generator=g) for g in generators]).to(self.device)
         z = z * scheduler.init_noise_sigma
         cond = self.encode_conditions(conditions)
         scaling = self.eps_scale.get(sampler, EpsScale()) if eps_scale is None else EpsScale.parse(eps_scale)

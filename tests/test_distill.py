@@ -17,8 +17,10 @@ import torch
 from synthgen.conditions.spec import Condition
 from synthgen.errors import InputError
 from synthgen.model.bundle import load_bundle, save_bundle
-from synthgen.model.consistency import consistency_output, solver_timesteps, teacher_ddim_step
-from synthgen.model.schedulers import epsilon_scaling, make_scheduler
+from synthgen.model.consistency import (consistency_output, one_step_sample, scaled_x0_and_eps, solver_timesteps,
+                                        teacher_ddim_step, x0_and_eps)
+from synthgen.model.distribution_matching import dmd_gradient, dmd_loss
+from synthgen.model.schedulers import EpsScale, epsilon_scaling, make_scheduler
 from synthgen.model.unet import UNet1D
 from synthgen.model.vae import VAE
 from synthgen.pipeline import ECGPipeline
@@ -117,6 +119,54 @@ def test_teacher_solver_scales_each_sample_by_its_own_factor():
     for i, factor in enumerate((1.3, 1.0)):
         alone = teacher_ddim_step(out[i:i + 1], x[i:i + 1], ab[:1], ab_prev[:1], "v_prediction", factor)
         torch.testing.assert_close(both[i:i + 1], alone)
+
+
+def test_scaled_x0_is_the_samplers_epsilon_scaling():
+    """Per-sample Epsilon Scaling of (x̂₀, ε̂) equals the pipeline's ``epsilon_scaling`` applied sample by sample,
+    and leaves the pure-noise step (ᾱ = 0) alone."""
+    scheduler = lcm_scheduler()
+    g = torch.Generator().manual_seed(5)
+    x, out = torch.randn(3, 4, 128, generator=g), torch.randn(3, 4, 128, generator=g)
+    t = torch.tensor([999, 600, 200])
+    alphas = scheduler.alphas_cumprod[t][:, None, None]
+    factors = torch.tensor([1.6, 1.6, 1.0])[:, None, None]
+    x0, eps = scaled_x0_and_eps(out, x, alphas, "v_prediction", factors)
+    for i in range(3):
+        scaled = epsilon_scaling(out[i:i + 1], x[i:i + 1], alphas[i, 0, 0], float(factors[i]), "v_prediction")
+        want_x0, want_eps = x0_and_eps(scaled, x[i:i + 1], alphas[i:i + 1], "v_prediction")
+        torch.testing.assert_close(x0[i:i + 1], want_x0, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(eps[i:i + 1], want_eps, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(x0[0], -out[0], atol=1e-4, rtol=0)  # ᾱ_999 = 0: x̂₀ = −v, unscaled
+
+
+def test_dmd_loss_moves_samples_against_the_normalised_score_difference():
+    """The surrogate loss's gradient in each sample is the DMD gradient / B — zero where the fake and real scores
+    agree — and a small step along −gradient brings the sample's denoised estimate towards the real one."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 4, 128, generator=g).requires_grad_(True)
+    x0_real, x0_fake = torch.randn(2, 4, 128, generator=g), torch.randn(2, 4, 128, generator=g)
+    gradient = dmd_gradient(x.detach(), x0_real, x0_fake)
+    dmd_loss(x, gradient).backward()
+    torch.testing.assert_close(x.grad, gradient / 2)
+    weight = 1 / (x.detach() - x0_real).abs().mean(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(gradient, (x0_fake - x0_real) * weight)
+    assert torch.all(dmd_gradient(x.detach(), x0_real, x0_real) == 0)
+
+
+def test_one_step_sample_is_the_lcm_samplers_one_step():
+    """The student's one-step sample in training is what the "lcm" sampler returns at 1 step (before decoding)."""
+    scheduler = lcm_scheduler(1)
+    g = torch.Generator().manual_seed(7)
+    z, out = torch.randn(2, 4, 128, generator=g), torch.randn(2, 4, 128, generator=g)
+    seen = []
+
+    def student(x, t, *cond):
+        seen.append(t.tolist())
+        return out
+
+    ours = one_step_sample(student, scheduler, z, (), "v_prediction")
+    torch.testing.assert_close(ours, scheduler.step(out, scheduler.timesteps[0], z).prev_sample)
+    assert seen == [[999, 999]]
 
 
 # -------------------------------------------------------------------------------------------- sampler
@@ -260,3 +310,50 @@ def test_tiny_distillation_writes_a_bundle_whose_student_samples(ptbxl_shards, r
 
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already distilled" in again.stdout
+
+
+def test_dmd_needs_a_student_to_refine_and_a_known_method(ptbxl_shards, tmp_path: Path):
+    from synthgen.train.distill_stage import distill
+
+    teacher = tmp_path / "teacher"
+    tiny_teacher(str(teacher), "local", 384)
+    with pytest.raises(InputError, match="no distilled student to refine; --method dmd starts from one"):
+        distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="dmd", preset="tiny")
+    with pytest.raises(InputError, match="--method 'gan': expected one of lcd, dmd"):
+        distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="gan", preset="tiny")
+    assert not (tmp_path / "run").exists()
+    # an --out that already holds another method's student is not taken for this method's result
+    tiny_teacher(str(tmp_path / "other" / "distilled"), "local", 384, student=True)
+    with pytest.raises(InputError, match="holds a student made by 'test', not --method lcd; use another --out"):
+        distill(str(ptbxl_shards), str(tmp_path / "other"), teacher=str(teacher), method="lcd", preset="tiny")
+
+
+def test_tiny_dmd_refines_the_student_and_records_where_it_started(ptbxl_shards, ray_local, tmp_path: Path):
+    """`synthgen train distill --method dmd` (tiny preset) on the real PTB-XL shards from a tiny teacher bundle
+    with a student: the bundle keeps the teacher, the student moved away from where it started, and the
+    config and card say how it was made; the student samples in one step."""
+    from synthgen.conditions.embedders import get_embedder
+
+    teacher, out = tmp_path / "teacher", tmp_path / "run"
+    tiny_teacher(str(teacher), "local", 384, student=True)
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    args = [*SYNTHGEN, "train", "distill", "--data", str(ptbxl_shards), "--out", str(out), "--teacher", str(teacher),
+            "--method", "dmd", "--preset", "tiny"]
+    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == str(out / "distilled")
+
+    start, bundle = load_bundle(str(teacher)), load_bundle(str(out / "distilled"))
+    student = bundle.config["student"]
+    assert student["method"].startswith("distribution matching distillation")
+    assert student["initialised_from"]["method"] == STUDENT["method"]
+    assert student["original_inference_steps"] == STUDENT["original_inference_steps"]
+    assert student["teacher"]["real_eps_scale"] == str(EpsScale.parse(get_preset("tiny").dmd.real_eps_scale))
+    assert set(student["scores"]) == {"lcm-1", "lcm-2"} and student["training"]["steps"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(bundle.unet.state_dict().values(), start.unet.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(bundle.student.state_dict().values(),
+                                                     start.student.state_dict().values()))
+    assert "Distribution Matching Distillation" in (out / "distilled" / "MODEL_CARD.md").read_text()
+    ecg = ECGPipeline(bundle, get_embedder("local"))([Condition(("sinus rhythm",), 60, "F", 70)], seeds=[5],
+                                                     sampler="lcm", steps=1)
+    assert ecg.shape == (1, 12, 1024) and np.isfinite(ecg).all()

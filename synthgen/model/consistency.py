@@ -37,22 +37,38 @@ def x0_and_eps(out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor,
     raise ValueError(f"unknown prediction_type {prediction_type!r}")
 
 
+def scaled_x0_and_eps(out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str,
+                      eps_scale: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x0_and_eps`` with Epsilon Scaling (``model.schedulers.epsilon_scaling``) per sample: ε̂ ← ε̂ / factor
+    and x̂₀ recomputed from it, except where ᾱ_t < 1e-6 (x_T is pure noise there). ``eps_scale``: a factor or
+    (B, 1, 1) factors, e.g. ``EpsScale.factors(t)`` for per-sample timesteps."""
+    x0, eps = x0_and_eps(out, x, alpha_bar, prediction_type)
+    if torch.all(torch.as_tensor(eps_scale) == 1.0):
+        return x0, eps
+    noise_only = alpha_bar < 1e-6
+    scaled = eps / eps_scale
+    x0 = torch.where(noise_only, x0, (x - (1 - alpha_bar).sqrt() * scaled) / alpha_bar.clamp_min(1e-6).sqrt())
+    return x0, torch.where(noise_only, eps, scaled)
+
+
 def teacher_ddim_step(out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor,
                       prediction_type: str, eps_scale: float | torch.Tensor = 1.0) -> torch.Tensor:
     """One deterministic DDIM step (η = 0) from x_t to x_s, per sample: x_s = √ᾱ_s·x̂₀ + √(1−ᾱ_s)·ε̂.
 
-    ``out``: the teacher's (guided) output at x_t; ``alpha_bar``/``alpha_bar_prev`` (B, 1, 1) ᾱ_t and ᾱ_s.
-    ``eps_scale``: Epsilon Scaling (``model.schedulers.epsilon_scaling``), a factor or (B, 1, 1) factors per
-    sample: ε̂ ← ε̂ / factor and x̂₀ recomputed from it, except where ᾱ_t < 1e-6 (x_T is pure noise there).
-    With one scalar t this is diffusers' ``DDIMScheduler.step`` on ``epsilon_scaling``'s output, as the
-    pipeline's "ddim" sampler does."""
-    x0, eps = x0_and_eps(out, x, alpha_bar, prediction_type)
-    if not torch.all(torch.as_tensor(eps_scale) == 1.0):
-        noise_only = alpha_bar < 1e-6
-        scaled = eps / eps_scale
-        x0 = torch.where(noise_only, x0, (x - (1 - alpha_bar).sqrt() * scaled) / alpha_bar.clamp_min(1e-6).sqrt())
-        eps = torch.where(noise_only, eps, scaled)
+    ``out``: the teacher's (guided) output at x_t; ``alpha_bar``/``alpha_bar_prev`` (B, 1, 1) ᾱ_t and ᾱ_s;
+    ``eps_scale`` as in ``scaled_x0_and_eps``. With one scalar t this is diffusers' ``DDIMScheduler.step`` on
+    ``epsilon_scaling``'s output, as the pipeline's "ddim" sampler does."""
+    x0, eps = scaled_x0_and_eps(out, x, alpha_bar, prediction_type, eps_scale)
     return alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev).sqrt() * eps
+
+
+def one_step_sample(student: torch.nn.Module, scheduler: Any, z: torch.Tensor, cond: tuple[torch.Tensor, ...],
+                    prediction_type: str) -> torch.Tensor:
+    """The student's one-step latent from pure noise ``z`` (B, C, L): f(z, T) at the "lcm" sampler's only
+    timestep at 1 step (``scheduler.set_timesteps(1)`` must have been called), differentiable in the student;
+    equals ``ECGPipeline(..., sampler="lcm", steps=1)`` before decoding."""
+    t = scheduler.timesteps[:1].to(z.device).expand(len(z))
+    return consistency_output(scheduler, student(z, t, *cond), z, t, prediction_type)
 
 
 def consistency_output(scheduler: Any, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor,

@@ -1,17 +1,26 @@
-"""Stage 3, `synthgen train distill`: Latent Consistency Distillation (Luo et al. 2023) of a teacher bundle
-into a student that samples in 1–4 U-Net calls with classifier-free guidance folded in.
+"""Stage 3, `synthgen train distill`: a student that samples in 1–4 U-Net calls with classifier-free guidance
+folded in, by one of two published methods (``--method``):
 
-Per training step (one Ray Train worker's batch): a real training latent z₀ (frozen VAE, as in stage 2) is
-noised to a grid timestep t_n = n·k − 1 (k = T/N, N = ``original_steps``); the frozen teacher takes one
-guided DDIM step with its Epsilon Scaling to t_n − k (``model.consistency.teacher_ddim_step``); the target
-network θ⁻ (an EMA of the student) maps that point to x₀ and the student, from x_{t_n}, must land on the same
-x₀: pseudo-Huber(f_θ(x_{t_n}, t_n), f_θ⁻(x̂_{t_n−k}, t_n − k)), with f the c_skip/c_out parameterisation that
+``lcd`` — Latent Consistency Distillation (Luo et al. 2023), from the teacher alone. Per training step (one
+Ray Train worker's batch): a real training latent z₀ (frozen VAE, as in stage 2) is noised to a grid timestep
+t_n = n·k − 1 (k = T/N, N = ``original_steps``); the frozen teacher takes one guided DDIM step with its
+Epsilon Scaling to t_n − k (``model.consistency.teacher_ddim_step``); the target network θ⁻ (an EMA of the
+student) maps that point to x₀ and the student, from x_{t_n}, must land on the same x₀:
+pseudo-Huber(f_θ(x_{t_n}, t_n), f_θ⁻(x̂_{t_n−k}, t_n − k)), with f the c_skip/c_out parameterisation that
 makes f the identity at t = 0. The student starts as a copy of the teacher's U-Net (same size, v-prediction).
-Checkpoints are chosen, as in stage 2, by the ``sample_score`` of ECGs the target network makes for fixed
-validation conditions: scored at 1, 2 and 4 steps, chosen on the mean over ``DistillConfig.select_steps`` (1
-and 2); the export is a bundle = teacher + ``student.safetensors``.
-"""
 
+``dmd`` — Distribution Matching Distillation (Yin et al. 2024, with DMD2's two time-scale updates;
+``model.distribution_matching``), which refines the one-step student of an ``lcd`` bundle: a consistency
+student is only as good as the teacher's guided ODE, which loses variety; DMD matches the distribution of its
+one-step samples to the teacher's instead. Per step: ``fake_updates`` updates of a "fake" score network (a
+copy of the teacher) on the student's own samples, then one student update along the difference of the fake
+score and the teacher's guided, Epsilon-Scaled score at a noised copy of its samples.
+
+Kept weights: ``lcd`` chooses, as in stage 2, by the ``sample_score`` of ECGs its target network makes for fixed
+validation conditions (the mean over ``DistillConfig.select_steps``); ``dmd`` keeps its final weights (the score
+does not see the variety it improves; ``DMDConfig``). The export is a bundle = teacher + ``student.safetensors``.
+
+"""
 from __future__ import annotations
 
 import copy
@@ -30,8 +39,9 @@ from synthgen.io.bundles import read_card
 from synthgen.io.paths import check_writable, join, resolve
 from synthgen.io.shards import SUMMARY, read_shards, read_summary
 from synthgen.model.bundle import Bundle, load_bundle, save_bundle
-from synthgen.model.consistency import (MAX_STUDENT_STEPS, consistency_output, pseudo_huber, solver_timesteps,
-                                        teacher_ddim_step)
+from synthgen.model.consistency import (MAX_STUDENT_STEPS, consistency_output, one_step_sample, pseudo_huber,
+                                        scaled_x0_and_eps, solver_timesteps, teacher_ddim_step, x0_and_eps)
+from synthgen.model.distribution_matching import dmd_gradient, dmd_loss
 from synthgen.model.schedulers import EpsScale, make_scheduler
 from synthgen.model.unet import UNet1D, UNetConfig
 from synthgen.model.vae import VAE, VAEConfig
@@ -39,15 +49,65 @@ from synthgen.pipeline import ECGPipeline
 from synthgen.train.datasets import iter_numpy
 from synthgen.train.diffusion_stage import EMA, check_metrics, drop_conditions, score_samplers
 from synthgen.train.loop import fit, mean_over_workers, optimizer_step, seed_worker, shuffle_seed, unwrap
-from synthgen.train.presets import DistillConfig, TrainConfig, get_preset
+from synthgen.train.presets import DistillConfig, DMDConfig, TrainConfig, get_preset
 from synthgen.train.run import CONDITION_COLUMNS, _final_state, _trainer, check_conditions, fill_embedding_cache
 
 DISTILLED = "distilled"  # the exported bundle's folder under --out
 SAMPLER = "lcm"
+METHODS = {"lcd": "latent consistency distillation (Luo et al. 2023)",
+           "dmd": "distribution matching distillation (Yin et al. 2024; DMD2's two time-scale updates)"}
 TIMESTEP_SCALING = 10.0  # diffusers' LCMScheduler default, used by training and sampling alike
 
 
+def _frozen_models(config: dict[str, Any], device: torch.device) -> tuple[VAE, UNet1D]:
+    """The teacher bundle's VAE and U-Net on ``device``, frozen."""
+    vae = VAE(VAEConfig(**config["vae_model"]))
+    vae.load_state_dict(config["vae_state"])
+    teacher = UNet1D(UNetConfig(**config["unet_model"]))
+    teacher.load_state_dict(config["unet_state"])
+    return vae.to(device).eval().requires_grad_(False), teacher.to(device).eval().requires_grad_(False)
+
+
+def _pipeline(config: dict[str, Any], vae: VAE, teacher: UNet1D, student: UNet1D, embedder: Any,
+              device: torch.device) -> ECGPipeline:
+    """One pipeline: the teacher's guided prediction for the training targets, ``student`` for the sample checks."""
+    return ECGPipeline(
+        Bundle(vae, teacher, {"embedder": {"name": embedder.name, "dim": embedder.dim},
+                              "patient_stats": config["patient_stats"], "latent_scale": config["latent_scale"],
+                              "noise": config["noise"], "student": config["student"]},
+               "training", "", student=student),
+        embedder=embedder, device=device)
+
+
+def _conditions(batch: dict, embedder: Any, device: torch.device, dropout: TrainConfig | None
+                ) -> tuple[torch.Tensor, ...]:
+    """A batch's U-Net condition inputs (text, text_present, patient, present), with condition dropout unless
+    ``dropout`` is None (validation)."""
+    text = torch.from_numpy(embedder.embed(list(batch["prompt"]))).to(device)
+    patient, present = torch.tensor(batch["patient"]).to(device), torch.tensor(batch["present"])
+    text_present = torch.ones(len(text), dtype=torch.bool)
+    if dropout is not None:
+        text_present, present = drop_conditions(text_present, present, dropout)
+    return text, text_present.to(device), patient, present.to(device)
+
+
+def _sample_checks(pipeline: ECGPipeline, config: dict[str, Any], cfg: DistillConfig | DMDConfig
+                   ) -> dict[str, float]:
+    """Sample scores of the student at ``cfg.sample_check_steps``; for lcd also ``select`` (the mean over its
+    ``select_steps``), which chooses the kept weights. dmd keeps its final weights (``DMDConfig``)."""
+    found = score_samplers(pipeline, [Condition(**c) for c in config["check_conditions"]],
+                           [(SAMPLER, s) for s in cfg.sample_check_steps], cfg.guidance)
+    if isinstance(cfg, DMDConfig):
+        return {k: v for k, v in check_metrics(found).items() if k != "select"}
+    return check_metrics(found, [f"{SAMPLER}-{s}" for s in cfg.select_steps])
+
+
+def _worker_embedder(config: dict[str, Any]) -> Any:
+    return get_embedder(config["embedder"], cache=config["cache"], storage_options=config["storage_options"])
+
+
 def distill_worker(config: dict[str, Any]) -> None:
+    """``--method lcd`` on one Ray Train worker."""
     import ray.train
     import ray.train.torch
 
@@ -55,12 +115,7 @@ def distill_worker(config: dict[str, Any]) -> None:
     dc: DistillConfig = tc.distill
     torch.manual_seed(tc.seed)
     device = ray.train.torch.get_device()
-    vae = VAE(VAEConfig(**config["vae_model"]))
-    vae.load_state_dict(config["vae_state"])
-    vae = vae.to(device).eval().requires_grad_(False)
-    teacher = UNet1D(UNetConfig(**config["unet_model"]))
-    teacher.load_state_dict(config["unet_state"])
-    teacher = teacher.to(device).eval().requires_grad_(False)
+    vae, teacher = _frozen_models(config, device)
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     target = EMA(student, dc.target_ema_decay)
     optimizer = torch.optim.AdamW(student.parameters(), lr=dc.stage.lr, weight_decay=dc.stage.weight_decay)
@@ -68,14 +123,8 @@ def distill_worker(config: dict[str, Any]) -> None:
     seed_worker(tc.seed)
     target.model.to(device)
     scale = float(config["latent_scale"])
-    embedder = get_embedder(config["embedder"], cache=config["cache"], storage_options=config["storage_options"])
-    # one pipeline: the teacher's guided prediction for the solver, the target network for the sample checks
-    pipeline = ECGPipeline(
-        Bundle(vae, teacher, {"embedder": {"name": embedder.name, "dim": embedder.dim},
-                              "patient_stats": config["patient_stats"], "latent_scale": scale,
-                              "noise": config["noise"], "student": config["student"]},
-               "training", "", student=target.model),
-        embedder=embedder, device=device)
+    embedder = _worker_embedder(config)
+    pipeline = _pipeline(config, vae, teacher, target.model, embedder, device)
     prediction_type = pipeline.noise["prediction_type"]
     scheduler = make_scheduler(SAMPLER, **pipeline.noise, original_inference_steps=dc.original_steps)
     alphas = scheduler.alphas_cumprod.to(device)
@@ -83,7 +132,6 @@ def distill_worker(config: dict[str, Any]) -> None:
     k = pipeline.noise["num_train_timesteps"] // dc.original_steps
     dropout = replace(tc, p_uncond=0.0, p_drop_text=dc.p_drop_text, p_drop_feature=dc.p_drop_feature)
     eps_scale = EpsScale.parse(config["student"]["teacher"]["eps_scale"])
-    check_conditions = [Condition(**c) for c in config["check_conditions"]]
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
 
@@ -92,15 +140,11 @@ def distill_worker(config: dict[str, Any]) -> None:
         x = torch.tensor(batch["signal"]).to(device)
         mu, logvar = vae.encode(x)
         z0 = (mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator).to(device)) * scale
-        text = torch.from_numpy(embedder.embed(list(batch["prompt"]))).to(device)
-        patient, present = torch.tensor(batch["patient"]).to(device), torch.tensor(batch["present"])
-        text_present = torch.ones(len(x), dtype=torch.bool)
-        if drop:
-            text_present, present = drop_conditions(text_present, present, dropout)
+        cond = _conditions(batch, embedder, device, dropout if drop else None)
         t = grid[torch.randint(0, len(grid), (len(x),), generator=generator).to(device)]
         a = alphas[t][:, None, None]
         x_t = a.sqrt() * z0 + (1 - a).sqrt() * torch.randn(z0.shape, generator=generator).to(device)
-        return x_t, t, (t - k).clamp_min(0), (text, text_present.to(device), patient, present.to(device))
+        return x_t, t, (t - k).clamp_min(0), cond
 
     @torch.no_grad()
     def consistency_target(x_t: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, cond: tuple) -> torch.Tensor:
@@ -132,9 +176,7 @@ def distill_worker(config: dict[str, Any]) -> None:
         metrics = {"val_loss": mean_over_workers(total, count)}
         if (epoch + 1) % dc.sample_check_every and epoch + 1 != dc.stage.epochs:
             return metrics
-        found = score_samplers(pipeline, check_conditions, [(SAMPLER, s) for s in dc.sample_check_steps],
-                               dc.guidance)
-        return {**metrics, **check_metrics(found, [f"{SAMPLER}-{s}" for s in dc.select_steps])}
+        return {**metrics, **_sample_checks(pipeline, config, dc)}
 
     fit(
         name="distill", stage=dc.stage,
@@ -146,26 +188,134 @@ def distill_worker(config: dict[str, Any]) -> None:
     )
 
 
+def dmd_worker(config: dict[str, Any]) -> None:
+    """``--method dmd`` on one Ray Train worker: the student starts from the teacher bundle's one-step student,
+    the fake score network from the teacher's U-Net. An epoch is one pass over the training split's conditions
+    (their ECGs are not used); the epoch line's train loss is the fake score's diffusion loss in the warm-up
+    epochs, then the distribution-matching surrogate ½‖∇‖² per sample."""
+    import ray.train
+    import ray.train.torch
+
+    tc = TrainConfig.from_dict(config["train"])
+    dc: DMDConfig = tc.dmd
+    torch.manual_seed(tc.seed)
+    device = ray.train.torch.get_device()
+    vae, teacher = _frozen_models(config, device)
+    student = UNet1D(UNetConfig(**config["unet_model"]))
+    student.load_state_dict(config["student_state"])
+    student = student.to(device).train().requires_grad_(True)
+    fake = copy.deepcopy(teacher).train().requires_grad_(True)
+    # β₁ = 0 as in DMD2: the two networks chase each other, and momentum lags the moving target
+    optimizer = torch.optim.AdamW(student.parameters(), lr=dc.stage.lr, betas=(0.0, 0.999),
+                                  weight_decay=dc.stage.weight_decay)
+    fake_optimizer = torch.optim.AdamW(fake.parameters(), lr=dc.fake_lr, betas=(0.0, 0.999), weight_decay=0.0)
+    student, fake = ray.train.torch.prepare_model(student), ray.train.torch.prepare_model(fake)
+    seed_worker(tc.seed)
+    embedder = _worker_embedder(config)
+    pipeline = _pipeline(config, vae, teacher, unwrap(student), embedder, device)
+    prediction_type = pipeline.noise["prediction_type"]
+    scheduler = make_scheduler(SAMPLER, **pipeline.noise,
+                               original_inference_steps=config["student"]["original_inference_steps"])
+    scheduler.set_timesteps(1, device=device)
+    alphas = scheduler.alphas_cumprod.to(device)
+    n_timesteps = pipeline.noise["num_train_timesteps"]
+    real_eps = EpsScale.parse(config["student"]["teacher"]["real_eps_scale"])
+    dropout = replace(tc, p_uncond=0.0, p_drop_text=dc.p_drop_text, p_drop_feature=dc.p_drop_feature)
+    train_shard = ray.train.get_dataset_shard("train")
+
+    def noised(x: torch.Tensor, low: int, high: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, ε) for a uniform timestep in [low, high) per sample."""
+        t = torch.randint(low, high, (len(x),)).to(device)
+        a, eps = alphas[t][:, None, None], torch.randn(x.shape).to(device)
+        return a.sqrt() * x + (1 - a).sqrt() * eps, t, eps
+
+    def fake_step(cond: tuple) -> float:
+        """One diffusion-loss update of the fake score on fresh one-step samples of the student."""
+        with torch.no_grad():
+            x = one_step_sample(student, scheduler, torch.randn(pipeline.latent_shape(len(cond[0]))).to(device),
+                                cond, prediction_type)
+        x_t, t, eps = noised(x, 0, n_timesteps)
+        a = alphas[t][:, None, None]
+        wanted = a.sqrt() * eps - (1 - a).sqrt() * x if prediction_type == "v_prediction" else eps
+        return optimizer_step(torch.nn.functional.mse_loss(fake(x_t, t, *cond), wanted), fake, fake_optimizer)
+
+    def train_step(batch: dict, epoch: int) -> float:
+        cond = _conditions(batch, embedder, device, dropout)
+        warming_up = epoch < dc.warmup_epochs
+        fake_loss = [fake_step(cond) for _ in range(1 if warming_up else dc.fake_updates)][-1]
+        if warming_up:
+            return fake_loss
+        x = one_step_sample(student, scheduler, torch.randn(pipeline.latent_shape(len(cond[0]))).to(device), cond,
+                            prediction_type)
+        with torch.no_grad():
+            x_t, t, _ = noised(x, dc.t_range[0], dc.t_range[1] + 1)
+            a = alphas[t][:, None, None]
+            x0_real, _ = scaled_x0_and_eps(pipeline.predict_noise(x_t, t, cond, dc.guidance), x_t, a,
+                                           prediction_type, real_eps.factors(t).to(device))
+            x0_fake, _ = x0_and_eps(fake(x_t, t, *cond).float(), x_t, a, prediction_type)
+            gradient = dmd_gradient(x, x0_real, x0_fake)
+        return optimizer_step(dmd_loss(x, gradient), student, optimizer)
+
+    @torch.no_grad()
+    def validate(epoch: int) -> dict[str, float]:
+        unwrap(student).eval()
+        try:
+            if (epoch + 1) % dc.sample_check_every and epoch + 1 != dc.stage.epochs:
+                return {}
+            return _sample_checks(pipeline, config, dc)
+        finally:
+            unwrap(student).train()
+
+    fit(
+        name="distill", stage=dc.stage,
+        stateful={"model": unwrap(student), "fake": unwrap(fake), "optimizer": optimizer,
+                  "fake_optimizer": fake_optimizer},
+        best_source=unwrap(student),
+        batches=lambda epoch: iter_numpy(train_shard, dc.stage.batch_size, shuffle=True,
+                                          seed=shuffle_seed(tc.seed, epoch)),
+        train_step=train_step, validate=validate,
+    )
+
+
 def _card(teacher_card: str, student: dict[str, Any], command: str) -> str:
-    """The teacher's model card with a section on the student appended."""
+    """The teacher bundle's model card with a section on the student appended."""
     t, teacher, g = student["training"], student["teacher"], student["guidance"]
+    cfg = t["config"]
 
     def shown(scores: dict[str, dict[str, float]]) -> str:
         return ", ".join(f"{k} {v['score']:.2f}" for k, v in scores.items())
 
+    if student["method"] == METHODS["dmd"]:
+        start = student["initialised_from"]
+        head = [
+            "## Stage 3, refined: one-step student by Distribution Matching Distillation (Yin et al. 2024, DMD2)",
+            f"- Teacher: `{teacher['model_hash']}`; real score: its guided prediction (guidance {g:g}) with Epsilon "
+            f"Scaling {EpsScale.parse(teacher['real_eps_scale'])}, at t in {list(cfg['t_range'])}",
+            f"- Student: initialised from the bundle's student, made by {start['method']}; fake score: a copy of "
+            f"the teacher's U-Net trained on the student's samples, {cfg['fake_updates']} updates per student "
+            f"update after {cfg['warmup_epochs']} warm-up epoch(s); sample with `--sampler lcm --steps 1` (or 2) "
+            f"`--guidance {g:g}`; only one-step sampling is trained, and 4 steps give near-flat ECGs",
+        ]
+        kept = "kept the final student weights"
+    else:
+        head = [
+            "## Stage 3: few-step student (Latent Consistency Distillation, Luo et al. 2023)",
+            f"- Teacher: `{teacher['model_hash']}`; its solver: DDIM, skipping step k = {teacher['k']} "
+            f"(N = {student['original_inference_steps']}), guidance {g:g} and Epsilon Scaling "
+            f"{EpsScale.parse(teacher['eps_scale'])} folded in",
+            "- Student: the teacher's U-Net architecture, initialised from it (v-prediction, c_skip/c_out "
+            f"boundary), target network EMA {cfg['target_ema_decay']}; sample with "
+            f"`--sampler lcm --steps 1…{student['max_steps']} --guidance {g:g}`",
+        ]
+        kept = "kept the target weights"
     lines = [
-        "## Stage 3: few-step student (Latent Consistency Distillation, Luo et al. 2023)",
-        f"- Teacher: `{teacher['model_hash']}`; its solver: DDIM, skipping step k = {teacher['k']} "
-        f"(N = {student['original_inference_steps']}), guidance {g:g} and Epsilon Scaling "
-        f"{EpsScale.parse(teacher['eps_scale'])} folded in",
-        "- Student: the teacher's U-Net architecture, initialised from it (v-prediction, c_skip/c_out boundary), "
-        f"target network EMA {t['config']['target_ema_decay']}; sample with "
-        f"`--sampler lcm --steps 1…{student['max_steps']} --guidance {g:g}`",
-        f"- Epochs: {t['config']['stage']['epochs']}, steps: {t['steps']} (batch {t['config']['stage']['batch_size']}),"
+        *head,
+        f"- Epochs: {cfg['stage']['epochs']}, steps: {t['steps']} (batch {cfg['stage']['batch_size']}),"
         f" wall time: {t['seconds']} s" + (f" (the last run only; resumed at steps {t['resumed_at_steps']})"
                                            if t["resumed_at_steps"] else "") +
-        f"; kept the target weights of epoch {t['best_epoch']} (mean sample score over "
-        f"{', '.join(str(s) for s in t['config']['select_steps'])} steps {t['best_sample_score']:.3f})",
+        "; " + (f"{kept} (epoch {t['best_epoch']})" if "select_steps" not in cfg else
+                f"{kept} of epoch {t['best_epoch']} (mean sample score over "
+                f"{', '.join(str(s) for s in cfg['select_steps'])} steps {t['best_sample_score']:.3f})"),
         f"- Sample score on {t['check_n']} validation conditions (HR MAE in bpm + 100 × share near-flat or "
         f"HR-unmeasurable; lower is better): student {shown(student['scores'])}; teacher "
         f"{shown(student['teacher_scores'])}",
@@ -174,91 +324,126 @@ def _card(teacher_card: str, student: dict[str, Any], command: str) -> str:
     return teacher_card.rstrip() + "\n\n" + "\n".join(lines)
 
 
-def distill(data: str, out: str, *, teacher: str | None = None, preset: str = "small", workers: int = 1,
-            gpu: bool | None = None, cache: str | None = None, seed: int = 0, storage_options: dict | None = None,
-            epochs: int | None = None, batch_size: int | None = None, command: str = "") -> str:
+def _student_info(method: str, cfg: DistillConfig | DMDConfig, bundle: Bundle, teacher: str | None) -> dict[str, Any]:
+    """What the bundle records about the student before training (``config.json: student``)."""
+    noise = bundle.config["noise"]
+    info: dict[str, Any] = {"method": METHODS[method], "sampler": SAMPLER, "guidance": float(cfg.guidance),
+                            "max_steps": MAX_STUDENT_STEPS, "timestep_scaling": TIMESTEP_SCALING,
+                            "teacher": {"model_hash": bundle.model_hash, "url": teacher or "shipped"}}
+    sampling = bundle.config.get("sampling", {}).get("eps_scale", {})
+    if isinstance(cfg, DMDConfig):
+        start = bundle.config["student"]
+        real_eps = cfg.real_eps_scale if cfg.real_eps_scale is not None else sampling.get("dpm++sde", 1.0)
+        info["teacher"]["real_eps_scale"] = str(EpsScale.parse(real_eps))
+        info.update(original_inference_steps=start["original_inference_steps"],
+                    initialised_from={k: start[k] for k in ("method", "teacher", "training", "scores")
+                                      if k in start})
+    else:
+        eps_scale = cfg.teacher_eps_scale if cfg.teacher_eps_scale is not None else sampling.get("ddim", 1.0)
+        info["teacher"].update(solver="ddim", k=noise["T"] // cfg.original_steps,
+                               eps_scale=str(EpsScale.parse(eps_scale)))
+        info["original_inference_steps"] = cfg.original_steps
+    return info
+
+
+def distill(data: str, out: str, *, teacher: str | None = None, method: str = "lcd", preset: str = "small",
+            workers: int = 1, gpu: bool | None = None, cache: str | None = None, seed: int = 0,
+            storage_options: dict | None = None, epochs: int | None = None, batch_size: int | None = None,
+            command: str = "") -> str:
     """Distil ``teacher`` (a bundle URL; None: the shipped model) on the training shards at ``data`` into
-    ``out``/distilled (teacher + student bundle); returns its URL. ``epochs``/``batch_size`` override the
-    preset's (``DistillConfig.stage``).
+    ``out``/distilled (teacher + student bundle) by ``method`` ("lcd" or "dmd", see the module docstring);
+    returns its URL. ``epochs``/``batch_size`` override the preset's (``DistillConfig.stage`` or
+    ``DMDConfig.stage``).
 
     Resumable like the other stages: rerunning the same command continues from ``out``/checkpoints/distill,
-    and a finished run is not repeated. InputError for shards without a summary, a teacher that is not
-    v-prediction (ε says nothing about x₀ at the 1-step start ᾱ_T = 0) or an unwritable ``out``.
+    and a finished run is not repeated. InputError for an unknown method, shards without a summary, a teacher
+    that is not v-prediction (ε says nothing about x₀ at the 1-step start ᾱ_T = 0), "dmd" on a teacher bundle
+    without a student, or an unwritable ``out``.
     """
+    if method not in METHODS:
+        raise InputError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     dataset_info = read_summary(data, storage_options)
     if dataset_info is None:
         raise InputError(f"--data {data}: no {SUMMARY} there; expected the output of `synthgen prepare`")
     if (epochs is not None and epochs < 1) or (batch_size is not None and batch_size < 1):
         raise InputError(f"--epochs {epochs} / --batch-size {batch_size}: expected positive integers")
     tc = get_preset(preset, seed=seed)
-    stage = replace(tc.distill.stage, **{k: v for k, v in (("epochs", epochs), ("batch_size", batch_size))
-                                         if v is not None})
-    tc = replace(tc, distill=replace(tc.distill, stage=stage))
-    dc = tc.distill
+    field_name = "distill" if method == "lcd" else "dmd"
+    cfg = getattr(tc, field_name)
+    stage = replace(cfg.stage, **{k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v is not None})
+    tc = replace(tc, **{field_name: replace(cfg, stage=stage)})
+    cfg = getattr(tc, field_name)
     bundle = load_bundle(teacher, storage_options)
     noise = bundle.config["noise"]
     if noise.get("prediction_type", "epsilon") != "v_prediction":
         raise InputError(f"--teacher {bundle.url}: config.json noise.prediction_type is "
                          f"{noise.get('prediction_type', 'epsilon')!r}; distillation needs a 'v_prediction' teacher")
+    if method == "dmd" and bundle.student is None:
+        raise InputError(f"--teacher {bundle.url}: no distilled student to refine; --method dmd starts from one "
+                         "(run `synthgen train distill` first and pass its OUT/distilled)")
+    if method == "dmd" and not (cfg.fake_updates >= 1 and 0 <= cfg.t_range[0] <= cfg.t_range[1] < noise["T"]):
+        raise InputError(f"preset {preset!r}: dmd needs fake_updates >= 1 and 0 <= t_range[0] <= t_range[1] < "
+                         f"{noise['T']} (the teacher's T); got {cfg.fake_updates} and {list(cfg.t_range)}")
     fs_out, out_path = resolve(out, storage_options)
     url = join(out, DISTILLED)
     if fs_out.exists(f"{out_path}/{DISTILLED}/config.json"):
+        made = load_bundle(url, storage_options).config.get("student", {}).get("method")
+        if made != METHODS[method]:
+            raise InputError(f"--out {out}: {url} holds a student made by {made!r}, not --method {method}; "
+                             "use another --out")
         print(f"[distill] already distilled: {url} (delete it to distil again)", flush=True)
         return url
     check_writable(out, storage_options)  # before Ray starts
     emb = get_embedder(bundle.config["embedder"]["name"], cache=cache, storage_options=storage_options)
-    stats = PatientStats.from_dict(bundle.config["patient_stats"])  # the teacher's normalisation, not the data's
-    eps_scale = dc.teacher_eps_scale
-    if eps_scale is None:
-        eps_scale = bundle.config.get("sampling", {}).get("eps_scale", {}).get("ddim", 1.0)
-    eps_scale = str(EpsScale.parse(eps_scale))
-    student_info: dict[str, Any] = {
-        "method": "latent consistency distillation (Luo et al. 2023)", "sampler": SAMPLER,
-        "guidance": float(dc.guidance), "original_inference_steps": dc.original_steps,
-        "max_steps": MAX_STUDENT_STEPS, "timestep_scaling": TIMESTEP_SCALING,
-        "teacher": {"model_hash": bundle.model_hash, "url": teacher or "shipped", "solver": "ddim",
-                    "k": noise["T"] // dc.original_steps, "eps_scale": eps_scale},
-    }
+    student_info = _student_info(method, cfg, bundle, teacher)
     started = time.time()
     conditions_table = read_shards(data, columns=CONDITION_COLUMNS, storage_options=storage_options)
-    checks = check_conditions(conditions_table, dc.sample_check_n)
+    checks = check_conditions(conditions_table, cfg.sample_check_n)
     # the workers print the epoch lines, which are the progress: no Ray Data bars
     with ray_session(worker_output=True) as ray, data_context(enable_progress_bars=False):
         from synthgen.train.datasets import split_datasets
 
         gpu = gpu_budget(ray, gpu) > 0
-        datasets = split_datasets(data, ("train", "val"), stats, storage_options)
+        # the teacher's normalisation, not the data's; dmd needs no validation ECGs (its checks sample)
+        datasets = split_datasets(data, ("train", "val") if method == "lcd" else ("train",),
+                                  PatientStats.from_dict(bundle.config["patient_stats"]), storage_options)
         config = {"train": tc.to_dict(), "vae_model": bundle.config["vae"], "vae_state": bundle.vae.state_dict(),
                   "unet_model": bundle.config["unet"], "unet_state": bundle.unet.state_dict(),
                   "latent_scale": bundle.config["latent_scale"], "noise": noise, "student": student_info,
                   "embedder": emb.name, "storage_options": storage_options,
                   "cache": fill_embedding_cache(conditions_table, emb, out, storage_options, "distill"),
                   "patient_stats": bundle.config["patient_stats"], "check_conditions": checks}
-        trainer = _trainer(distill_worker, config, "distill", out, workers, gpu, datasets, storage_options)
+        if method == "dmd":
+            config["student_state"] = bundle.student.state_dict()
+        worker = distill_worker if method == "lcd" else dmd_worker
+        # one checkpoint folder per method: a killed run of one cannot be resumed as the other
+        trainer = _trainer(worker, config, "distill" if method == "lcd" else "distill-dmd", out, workers, gpu,
+                           datasets, storage_options)
         state = _final_state(trainer.fit())
     seconds = round(time.time() - started, 1)
     student = UNet1D(bundle.unet.cfg)
-    student.load_state_dict(state["best"])
+    student.load_state_dict(state["best"] if method == "lcd" else state["model"])
     student.eval()
     pipeline = ECGPipeline(Bundle(bundle.vae, bundle.unet, {**bundle.config, "student": student_info},
                                   bundle.model_hash, bundle.url, student=student), embedder=emb)
     conditions = [Condition(**c) for c in checks]
     progress = state["progress"]
+    kept_epoch = progress["best_epoch"] + 1 if method == "lcd" else progress["epoch"]
     student_info.update(
-        scores=score_samplers(pipeline, conditions, [(SAMPLER, s) for s in dc.sample_check_steps], dc.guidance),
-        teacher_scores=score_samplers(pipeline, conditions, list(dc.teacher_reference), dc.guidance),
-        training={"preset": tc.preset, "config": asdict(dc), "data": data, "dataset": dataset_info,
+        scores=score_samplers(pipeline, conditions, [(SAMPLER, s) for s in cfg.sample_check_steps], cfg.guidance),
+        teacher_scores=score_samplers(pipeline, conditions, list(cfg.teacher_reference), cfg.guidance),
+        training={"preset": tc.preset, "config": asdict(cfg), "data": data, "dataset": dataset_info,
                   "steps": progress["global_step"], "resumed_at_steps": progress["resumed_at"],
-                  "best_epoch": progress["best_epoch"] + 1, "best_sample_score": progress["best_val"],
+                  "best_epoch": kept_epoch, **({"best_sample_score": progress["best_val"]} if method == "lcd" else {}),
                   "check_n": len(conditions), "ranks": progress["ranks"], "workers": workers, "gpu": gpu,
                   "torch": torch.__version__, "seconds": seconds})
     config = {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")}
     config["student"] = student_info
     card = _card(read_card(bundle.url, storage_options), student_info,
-                 command or f"synthgen train distill --data {data} --out {out} --preset {preset}")
+                 command or f"synthgen train distill --data {data} --out {out} --preset {preset} --method {method}")
     save_bundle(url, bundle.vae, bundle.unet, config, card, storage_options=storage_options, student=student)
     scores = ", ".join(f"{k} {v['score']:.2f}" for k, v in {**student_info["scores"],
                                                              **student_info["teacher_scores"]}.items())
-    print(f"[distill] done: kept epoch {progress['best_epoch'] + 1}, sample scores {scores}, {seconds:.0f} s → {url}",
+    print(f"[distill] done: kept epoch {kept_epoch}, sample scores {scores}, {seconds:.0f} s → {url}",
           flush=True)
     return url

@@ -95,14 +95,15 @@ def mean_over_workers(total: float, count: int) -> float:
 
 
 def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   ema: Any, max_grad_norm: float = 1.0) -> float:
+                   ema: Any | None = None, max_grad_norm: float = 1.0) -> float:
     """One update of ``model`` from ``loss`` (gradients clipped to ``max_grad_norm``), then of its moving
-    average ``ema`` (an object with ``update(module)``); returns the loss as a float for the epoch line."""
+    average ``ema`` (an object with ``update(module)``) if given; returns the loss as a float for the epoch line."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
-    ema.update(unwrap(model))
+    if ema is not None:
+        ema.update(unwrap(model))
     return loss.item()
 
 
@@ -185,6 +186,7 @@ def fit(
         if rank == 0:
             shown = "  ".join(f"{k} {v:.5g}" for k, v in metrics.items())
             print(f"[{name}] epoch {epoch + 1}/{stage.epochs}  train {train_loss:.5f}  {shown}  "
-                  f"best {progress.best_val:.5g} (epoch {progress.best_epoch + 1})  {time.time() - started:.1f} s",
+                  + (f"best {progress.best_val:.5g} (epoch {progress.best_epoch + 1})  "
+                     if math.isfinite(progress.best_val) else "") + f"{time.time() - started:.1f} s",
                   flush=True)
         report({"train_loss": train_loss, **metrics, "epoch_seconds": time.time() - started})
