@@ -357,3 +357,21 @@ def test_tiny_dmd_refines_the_student_and_records_where_it_started(ptbxl_shards,
     ecg = ECGPipeline(bundle, get_embedder("local"))([Condition(("sinus rhythm",), 60, "F", 70)], seeds=[5],
                                                      sampler="lcm", steps=1)
     assert ecg.shape == (1, 12, 1024) and np.isfinite(ecg).all()
+
+
+def test_dmd_settings_outside_the_teachers_schedule_are_refused(ptbxl_shards, tmp_path: Path, monkeypatch):
+    """A DMD timestep range beyond the teacher's T (or no fake-score update) is a one-line error before Ray starts."""
+    from dataclasses import replace
+
+    from synthgen.train import distill_stage
+
+    teacher = tmp_path / "teacher"
+    tiny_teacher(str(teacher), "local", 384, student=True)
+    tiny = get_preset("tiny")
+    for bad in (replace(tiny.dmd, t_range=(20, 1000)), replace(tiny.dmd, fake_updates=0)):
+        monkeypatch.setattr(distill_stage, "get_preset", lambda name, seed, bad=bad: replace(tiny, dmd=bad))
+        with pytest.raises(InputError, match=r"dmd needs fake_updates >= 1 and 0 <= t_range\[0\] <= t_range\[1\] "
+                                             r"< 1000 \(the teacher's T\)"):
+            distill_stage.distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="dmd",
+                                  preset="tiny")
+    assert not (tmp_path / "run").exists()
