@@ -19,7 +19,6 @@ score and the teacher's guided, Epsilon-Scaled score at a noised copy of its sam
 Kept weights: ``lcd`` chooses, as in stage 2, by the ``sample_score`` of ECGs its target network makes for fixed
 validation conditions (the mean over ``DistillConfig.select_steps``); ``dmd`` keeps its final weights (the score
 does not see the variety it improves; ``DMDConfig``). The export is a bundle = teacher + ``student.safetensors``.
-
 """
 from __future__ import annotations
 
@@ -236,13 +235,14 @@ def dmd_worker(config: dict[str, Any]) -> None:
                                 cond, prediction_type)
         x_t, t, eps = noised(x, 0, n_timesteps)
         a = alphas[t][:, None, None]
-        wanted = a.sqrt() * eps - (1 - a).sqrt() * x if prediction_type == "v_prediction" else eps
-        return optimizer_step(torch.nn.functional.mse_loss(fake(x_t, t, *cond), wanted), fake, fake_optimizer)
+        v = a.sqrt() * eps - (1 - a).sqrt() * x  # distill() accepts v-prediction teachers only
+        return optimizer_step(torch.nn.functional.mse_loss(fake(x_t, t, *cond), v), fake, fake_optimizer)
 
     def train_step(batch: dict, epoch: int) -> float:
         cond = _conditions(batch, embedder, device, dropout)
         warming_up = epoch < dc.warmup_epochs
-        fake_loss = [fake_step(cond) for _ in range(1 if warming_up else dc.fake_updates)][-1]
+        for _ in range(1 if warming_up else dc.fake_updates):
+            fake_loss = fake_step(cond)
         if warming_up:
             return fake_loss
         x = one_step_sample(student, scheduler, torch.randn(pipeline.latent_shape(len(cond[0]))).to(device), cond,
