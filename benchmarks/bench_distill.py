@@ -4,6 +4,7 @@ Same torch threads, same batch, interleaved repeats (A, B, A, B, …; the median
 warm-up call per arm. Arms:
 - ``lcm-<steps>``: ``ECGPipeline(..., sampler="lcm")`` end to end — report embedding (cached in memory after
   the warm-up), patient encoding, ``steps`` student calls (guidance folded in), VAE decode → (B, 12, 1024) mV;
+  ``lcm-<steps>+tiny``: the same with the bundle's tiny decoder (``--decoders vae,tiny``);
 - the teacher at ``--teacher`` (default ddpm-100, guidance 2: the `generate` default) for reference;
 - ``deepfake-ecg (network)``: the Pulse2Pulse generator's forward pass on (B, 8, 5000) noise only, the
   peer's cost at its most favourable (``synthgen.evaluate.peers.DeepfakeECG``);
@@ -11,7 +12,7 @@ warm-up call per arm. Arms:
 Prints JSON with ECG/s per arm and the ratio of each student arm to deepfake-ecg's network.
 
 Usage: python benchmarks/bench_distill.py --model RUN/distilled [--batch 32] [--threads 2] [--steps 1,2,4]
-                                          [--repeats 5] [--teacher ddpm:100]
+                                          [--repeats 5] [--teacher ddpm:100] [--decoders vae,tiny]
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ PEER = "deepfake-ecg (network)"
 
 
 def arms(pipe: ECGPipeline, peer: DeepfakeECG, batch: int, steps: list[int], teacher: str,
-         guidance: float) -> dict[str, Callable[[], object]]:
+         guidance: float, decoders: list[str]) -> dict[str, Callable[[], object]]:
     """Name → a call that makes ``batch`` ECGs; all arms share the seeds (and, for ours, the conditions)."""
     conditions = [Condition(("sinus rhythm",), 55.0, "MF"[i % 2], 60.0 + 60.0 * i / max(batch - 1, 1))
                   for i in range(batch)]
     seeds = list(range(batch))
     noise = peer.noise(seeds)
     out: dict[str, Callable[[], object]] = {
-        f"lcm-{s}": (lambda s=s: pipe(conditions, seeds, sampler="lcm", steps=s, guidance=guidance)) for s in steps}
+        f"lcm-{s}" + ("" if d == "vae" else f"+{d}"): (
+            lambda s=s, d=d: pipe(conditions, seeds, sampler="lcm", steps=s, guidance=guidance, decoder=d))
+        for s in steps for d in decoders}
     if teacher:
         name, n = teacher.split(":")
         out[f"teacher {name}-{n}"] = lambda: pipe(conditions, seeds, sampler=name, steps=int(n), guidance=guidance)
@@ -63,13 +66,14 @@ def main() -> None:
     ap.add_argument("--steps", default="1,2,4", help="student step counts, comma-separated")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--teacher", default="ddpm:100", help="teacher sampler:steps for reference ('' = none)")
+    ap.add_argument("--decoders", default="vae", help="decoders of the student arms, comma-separated (vae, tiny)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     try:  # a missing bundle, or one without a student: one line, not a traceback
         pipe = ECGPipeline.from_bundle(args.model)
         guidance = float(pipe.bundle.config.get("student", {}).get("guidance", 2.0))
         calls = arms(pipe, DeepfakeECG(), args.batch, [int(s) for s in args.steps.split(",")], args.teacher,
-                     guidance)
+                     guidance, args.decoders.split(","))
         for call in calls.values():  # warm-up: embedder cache, allocator, lazy imports
             call()
     except InputError as err:

@@ -3,7 +3,7 @@
 On a machine with an NVIDIA GPU and a CUDA build of torch (README):
 
     python benchmarks/bench_gpu_generate.py --model runs/distill/distilled --sampler lcm --steps 2 \
-        --precision fp16 --batch-size 1024 --n 40000 --out /tmp/gpu-gen
+        --precision fp16 --batch-size 1024 --n 40000 --out /tmp/gpu-gen [--decoder tiny]
 
 1. In process: ``ECGPipeline(device="cuda", precision=...)`` on ``--batch-size`` conditions, median of 5 calls
    after a warm-up → ECG/s of sampling + decoding alone (CUDA synchronised).
@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "synthgen/assets/examples/minority_af.csv"
 
 
-def in_process(model: str | None, sampler: str, steps: int, precision: str, batch: int) -> tuple[float, float]:
+def in_process(model: str | None, sampler: str, steps: int, precision: str, batch: int,
+               decoder: str) -> tuple[float, float]:
     """(ECG/s of the pipeline alone on the GPU: median of 5 timed calls of ``batch`` ECGs after a warm-up, the
     guidance used: the student's, else 2)."""
     import torch
@@ -44,7 +45,7 @@ def in_process(model: str | None, sampler: str, steps: int, precision: str, batc
     for repeat in range(6):
         torch.cuda.synchronize()
         t = time.perf_counter()
-        pipe(conditions, list(range(batch)), sampler=sampler, steps=steps, guidance=guidance)
+        pipe(conditions, list(range(batch)), sampler=sampler, steps=steps, guidance=guidance, decoder=decoder)
         torch.cuda.synchronize()
         if repeat:  # the first call warms up kernels and the embedder
             seconds.append(time.perf_counter() - t)
@@ -59,6 +60,7 @@ def main() -> int:
     p.add_argument("--precision", default="fp16")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--n", type=int, default=40000)
+    p.add_argument("--decoder", default="vae", help="vae, or tiny (the bundle's tiny decoder)")
     p.add_argument("--out", type=Path, required=True, help="generate's output folder (replaced)")
     args = p.parse_args()
     import torch
@@ -66,16 +68,17 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("NOT RUN: no GPU (torch.cuda.is_available() is False)")
         return 2
-    rate, guidance = in_process(args.model, args.sampler, args.steps, args.precision, args.batch_size)
+    rate, guidance = in_process(args.model, args.sampler, args.steps, args.precision, args.batch_size, args.decoder)
     torch.cuda.empty_cache()  # the GPU to the generate run
     result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "sampler": args.sampler,
-              "steps": args.steps, "precision": args.precision, "batch_size": args.batch_size, "n": args.n,
+              "steps": args.steps, "decoder": args.decoder, "precision": args.precision,
+              "batch_size": args.batch_size, "n": args.n,
               "guidance": guidance, "pipeline_ecg_per_s": round(rate, 1)}
     shutil.rmtree(args.out, ignore_errors=True)
     cmd = [sys.executable, "-m", "synthgen", "generate", "--manifest", str(MANIFEST), "--n", str(args.n),
            "--out", str(args.out), "--gpu", "--actors", "1", "--sampler", args.sampler, "--steps", str(args.steps),
            "--guidance", str(guidance), "--precision", args.precision, "--batch-size", str(args.batch_size),
-           "--no-progress"]
+           "--decoder", args.decoder, "--no-progress"]
     if args.model:
         cmd += ["--model", args.model]
     t = time.perf_counter()

@@ -1,6 +1,7 @@
 """A gallery of generated ECGs on the paper grid, to look at before a model ships (docs/figures/).
 
     python benchmarks/gallery.py --out docs/figures/gallery-shipped.png [--model BUNDLE] [--sampler ddpm --steps 100]
+        [--decoder tiny]
     (default: the pipeline's default sampler at its default steps)
     python benchmarks/gallery.py --describe brugada_type1,hyperkalemia,wpw,complete_heart_block \
         --out docs/figures/gallery-describe.png
@@ -46,6 +47,7 @@ def main() -> None:
     ap.add_argument("--sampler", default=DEFAULT_SAMPLER)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--decoder", default="vae", help="vae, or tiny (the bundle's tiny decoder)")
     ap.add_argument("--describe", default=None, help="Comma-separated curated condition names or keys.")
     args = ap.parse_args()
     rows = GALLERY
@@ -55,7 +57,8 @@ def main() -> None:
     pipe = ECGPipeline.from_bundle(args.model)
     conds = [c for _, c in rows for _ in range(3)]
     steps = default_steps(args.sampler, args.steps)
-    x = pipe(conds, [0, 1, 2] * len(rows), sampler=args.sampler, steps=steps, guidance=args.guidance)
+    x = pipe(conds, [0, 1, 2] * len(rows), sampler=args.sampler, steps=steps, guidance=args.guidance,
+             decoder=args.decoder)
     verdicts = check_many(x, np.array([np.nan if c.hr is None else c.hr for c in conds], float))
     fig, axes = plt.subplots(len(rows), 3, figsize=(30, 4.2 * len(rows)), squeeze=False)
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,7 +72,8 @@ def main() -> None:
             ax.set_title(f"{rows[i // 3][0]}; HR asked {asked}, measured {hr}; "
                          f"{'plausible' if v.ok else ', '.join(v.reasons)} (seed {i % 3})\n"
                          f"{textwrap.shorten(' | '.join(cond.reports), 95)}", fontsize=11)
-    fig.suptitle(f"model {pipe.bundle.model_hash[:12]}, {args.sampler}-{steps}, guidance {args.guidance}",
+    fig.suptitle(f"model {pipe.bundle.model_hash[:12]}, {args.sampler}-{steps}, guidance {args.guidance}, "
+                 f"{args.decoder} decoder",
                  fontsize=14, y=1.0)
     fig.tight_layout()
     fig.savefig(args.out, dpi=60)

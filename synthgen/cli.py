@@ -290,6 +290,28 @@ def train_distill(data: str = DataOpt,
                        batch_size=batch_size, command=shown_command("synthgen", sys.argv[1:])))
 
 
+@train_app.command("tiny-decoder")
+def train_tiny_decoder(data: str = DataOpt,
+                       out: str = typer.Option(..., "--out", help="Run folder or s3:// URL: checkpoints and the "
+                                                                  "bundle with the tiny decoder "
+                                                                  "(OUT/with-tiny-decoder)."),
+                       teacher: Optional[str] = typer.Option(None, help="Bundle whose VAE decoder to distil "
+                                                                        "(default: the shipped model)."),
+                       preset: str = PresetOpt, workers: int = WorkersOpt, gpu: Optional[bool] = GpuOpt,
+                       cache: Optional[str] = CacheOpt, seed: int = SeedOpt,
+                       epochs: Optional[int] = typer.Option(None, help="Epochs (default: the preset's)."),
+                       batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the preset's)."),
+                       storage_options: Optional[str] = StorageOpt, config: Optional[str] = ConfigOpt) -> None:
+    """Stage 4: distil the bundle's VAE decoder into a narrower, faster one for `generate --decoder tiny` (the
+    same latents; the bundle's U-Net and student are kept). Rerun the same command to resume after a kill."""
+    from synthgen.io.paths import shown_command
+    from synthgen.train.tiny_decoder_stage import train_tiny_decoder as run
+
+    typer.echo(run(data, out, teacher=teacher, preset=preset, workers=workers, gpu=gpu, cache=cache, seed=seed,
+                   storage_options=_storage_options(storage_options), epochs=epochs, batch_size=batch_size,
+                   command=shown_command("synthgen", sys.argv[1:])))
+
+
 # --------------------------------------------------------------------------------------------- generate
 class OutputFormat(str, Enum):
     parquet = "parquet"
@@ -328,6 +350,8 @@ def generate(
     replace_implausible: int = typer.Option(0, help="Redraw an implausible ECG (flat, no measurable HR, far "
                                                      "from the requested HR, …) up to this many times from the "
                                                      "next seeds of its own stream; every row is flagged anyway."),
+    decoder: str = typer.Option("vae", help="vae (the VAE's decoder), or tiny: the bundle's tiny decoder "
+                                            "(`synthgen train tiny-decoder`), faster, close to the VAE's."),
     storage_options: Optional[str] = StorageOpt,
     config: Optional[str] = ConfigOpt,
 ) -> None:
@@ -338,7 +362,7 @@ def generate(
     run_generate(GenerateConfig(manifest, out, n, model=model, sampler=sampler, steps=steps, guidance=guidance,
                                 seed=seed, batch_size=batch_size, actors=actors, shard_size=shard_size,
                                 output_format=output_format.value, wfdb_fs=wfdb_fs, gpu=gpu, precision=precision,
-                                progress=progress, replace_implausible=replace_implausible,
+                                progress=progress, replace_implausible=replace_implausible, decoder=decoder,
                                 storage_options=_storage_options(storage_options)))
 
 

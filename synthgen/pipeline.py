@@ -2,7 +2,8 @@
 embedder and patient encoding -> U-Net + scheduler loop with classifier-free guidance -> VAE decoder -> the
 limb leads projected onto Einthoven's and Goldberger's laws (``ecg.project_limb_leads``).
 With ``sampler="lcm"`` the bundle's distilled student replaces the U-Net: 1–4 steps, guidance folded in
-(one network call per step; model/consistency.py).
+(one network call per step; model/consistency.py). With ``decoder="tiny"`` the bundle's tiny decoder (a
+narrower decoder distilled from the VAE's, train/tiny_decoder_stage.py) replaces the VAE decoder.
 
 Reproducibility: every sample draws its initial latent and its ancestral noise from its own CPU
 ``torch.Generator(seed)``, so a sample depends only on its condition and seed, not on its batch-mates,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,13 +25,21 @@ from synthgen.conditions.spec import Condition
 from synthgen.ecg import N_SAMPLES, project_limb_leads
 from synthgen.errors import InputError
 from synthgen.io.paths import StorageOptions
-from synthgen.model.bundle import Bundle, load_bundle
+from synthgen.model.bundle import Bundle, check_decoder, load_bundle
 from synthgen.model.consistency import check_student_sampler
 from synthgen.model.schedulers import (DEFAULT_SAMPLER, STUDENT_SAMPLERS, EpsScale, default_steps, epsilon_scaling,
                                        make_scheduler)
 
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def scheduler_kwargs(noise: dict[str, Any]) -> dict[str, Any]:
+    """A bundle's ``config.json: noise`` as scheduler arguments (``schedulers.make_scheduler``); older bundles
+    have no prediction_type (epsilon) and no zero_terminal_snr (ᾱ_T > 0)."""
+    return dict(num_train_timesteps=noise["T"], beta_start=noise["beta_start"], beta_end=noise["beta_end"],
+                prediction_type=noise.get("prediction_type", "epsilon"),
+                zero_terminal_snr=noise.get("zero_terminal_snr", False))
 
 
 class ECGPipeline:
@@ -55,12 +65,10 @@ class ECGPipeline:
         self.precision = precision
         self.vae, self.unet = bundle.vae.eval().to(self.device), bundle.unet.eval().to(self.device)
         self.student = None if bundle.student is None else bundle.student.eval().to(self.device)
+        self.tiny_decoder = None if bundle.tiny_decoder is None else bundle.tiny_decoder.eval().to(self.device)
         self.patient_stats = PatientStats.from_dict(bundle.config["patient_stats"])
         self.latent_scale = float(bundle.config["latent_scale"])
-        noise = bundle.config["noise"]  # sample on the schedule the model was trained with
-        self.noise = dict(num_train_timesteps=noise["T"], beta_start=noise["beta_start"], beta_end=noise["beta_end"],
-                          prediction_type=noise.get("prediction_type", "epsilon"),  # older bundles: epsilon,
-                          zero_terminal_snr=noise.get("zero_terminal_snr", False))  # and ᾱ_T > 0
+        self.noise = scheduler_kwargs(bundle.config["noise"])  # sample on the schedule the model was trained with
         # Epsilon Scaling per sampler, chosen on validation conditions at training (older bundles: none)
         self.eps_scale: dict[str, EpsScale] = {
             name: EpsScale.parse(v) for name, v in bundle.config.get("sampling", {}).get("eps_scale", {}).items()}
@@ -105,18 +113,25 @@ class ECGPipeline:
         eps_cond, eps_uncond = eps.chunk(2)
         return eps_uncond + guidance * (eps_cond - eps_uncond)
 
+    def decoder(self, name: str) -> torch.nn.Module:
+        """The latent decoder called ``name`` ("vae" or "tiny"); InputError for another name, or "tiny" on a
+        bundle without one."""
+        check_decoder(self.bundle, name)
+        return self.vae.decoder if name == "vae" else self.tiny_decoder
+
     @torch.inference_mode()
     def __call__(self, conditions: Sequence[Condition], seeds: Sequence[int], sampler: str = DEFAULT_SAMPLER,
                  steps: int | None = None, guidance: float = 2.0,
-                 eps_scale: float | str | EpsScale | None = None) -> np.ndarray:
+                 eps_scale: float | str | EpsScale | None = None, decoder: str = "vae") -> np.ndarray:
         """float32 (B, 12, 1024) ECGs in mV, limb leads lawful. ``steps`` None: the sampler's default
         (``schedulers.DEFAULT_STEPS``); ``sampler="ddpm", steps=1000`` is the paper's sampler.
         ``eps_scale``: Epsilon Scaling (``model.schedulers.EpsScale``: a factor, or "1.6@500" for the steps at
         t ≥ 500 only); None takes the bundle's for this sampler (none: 1). ``sampler="lcm"``: the distilled
         student, 1–4 steps, at the guidance it was distilled with (InputError otherwise, or when the bundle has
-        none)."""
+        none). ``decoder``: "vae", or "tiny" for the bundle's tiny decoder (``decoder``)."""
         if len(conditions) != len(seeds):
             raise ValueError(f"{len(conditions)} conditions but {len(seeds)} seeds")
+        decode = self.decoder(decoder)
         steps = default_steps(sampler, steps) or 0  # an unknown sampler: make_scheduler says so
         check_student_sampler(self.bundle.config, sampler, steps, guidance, self.bundle.url)
         if not conditions:
@@ -143,5 +158,5 @@ class ECGPipeline:
                                       self.noise["prediction_type"])
             z = scheduler.step(out, t, z, generator=generators).prev_sample
         with self.autocast():
-            ecg = self.vae.decode(z / self.latent_scale)
+            ecg = decode(z / self.latent_scale)
         return project_limb_leads(ecg.float().cpu().numpy())

@@ -17,7 +17,7 @@ import torch
 from synthgen.conditions.spec import Condition
 from synthgen.errors import InputError
 from synthgen.model.bundle import load_bundle, save_bundle
-from synthgen.model.consistency import (consistency_output, one_step_sample, scaled_x0_and_eps, solver_timesteps,
+from synthgen.model.consistency import (consistency_output, student_sample, scaled_x0_and_eps, solver_timesteps,
                                         teacher_ddim_step, x0_and_eps)
 from synthgen.model.distribution_matching import dmd_gradient, dmd_loss
 from synthgen.model.schedulers import EpsScale, epsilon_scaling, make_scheduler
@@ -153,20 +153,33 @@ def test_dmd_loss_moves_samples_against_the_normalised_score_difference():
     assert torch.all(dmd_gradient(x.detach(), x0_real, x0_real) == 0)
 
 
-def test_one_step_sample_is_the_lcm_samplers_one_step():
-    """The student's one-step sample in training is what the "lcm" sampler returns at 1 step (before decoding)."""
-    scheduler = lcm_scheduler(1)
-    g = torch.Generator().manual_seed(7)
-    z, out = torch.randn(2, 4, 128, generator=g), torch.randn(2, 4, 128, generator=g)
+@pytest.mark.parametrize("steps", [1, 2])
+def test_student_sample_is_the_lcm_sampler_and_backpropagates_through_its_last_step(steps: int):
+    """The student's sample in training is what the "lcm" sampler returns at 1 or 2 steps (before decoding),
+    and only its last network call carries a gradient (DMD2's backward simulation)."""
+    scheduler = lcm_scheduler(steps)
+    z = torch.randn(2, 4, 128, generator=torch.Generator().manual_seed(7))
+    weight = torch.nn.Parameter(torch.tensor(0.3))
     seen = []
 
     def student(x, t, *cond):
-        seen.append(t.tolist())
-        return out
+        seen.append((t.tolist(), torch.is_grad_enabled()))
+        return weight * x + t[:, None, None] / 1000
 
-    ours = one_step_sample(student, scheduler, z, (), "v_prediction")
-    torch.testing.assert_close(ours, scheduler.step(out, scheduler.timesteps[0], z).prev_sample)
-    assert seen == [[999, 999]]
+    ours = student_sample(student, scheduler, steps, z, (), "v_prediction",
+                          generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
+    ours.sum().backward()
+    assert weight.grad is not None and torch.isfinite(weight.grad)
+    with torch.no_grad():  # the pipeline's loop
+        scheduler.set_timesteps(steps)
+        x, generators = z, [torch.Generator().manual_seed(s) for s in (1, 2)]
+        for t in scheduler.timesteps:
+            out = scheduler.step(student(x, t.expand(2)), t, x, generator=generators)
+            x = out.prev_sample
+    torch.testing.assert_close(ours, out.denoised)
+    timesteps = [t for t, _ in seen[:steps]]
+    assert [g for _, g in seen[:steps]] == [False] * (steps - 1) + [True]
+    assert timesteps[0] == [999, 999] and len({t[0] for t in timesteps}) == steps
 
 
 # -------------------------------------------------------------------------------------------- sampler
@@ -360,7 +373,8 @@ def test_tiny_dmd_refines_the_student_and_records_where_it_started(ptbxl_shards,
 
 
 def test_dmd_settings_outside_the_teachers_schedule_are_refused(ptbxl_shards, tmp_path: Path, monkeypatch):
-    """A DMD timestep range beyond the teacher's T (or no fake-score update) is a one-line error before Ray starts."""
+    """A DMD timestep range beyond the teacher's T, no fake-score update or a student step count the sampler does
+    not take is a one-line error before Ray starts."""
     from dataclasses import replace
 
     from synthgen.train import distill_stage
@@ -368,10 +382,11 @@ def test_dmd_settings_outside_the_teachers_schedule_are_refused(ptbxl_shards, tm
     teacher = tmp_path / "teacher"
     tiny_teacher(str(teacher), "local", 384, student=True)
     tiny = get_preset("tiny")
-    for bad in (replace(tiny.dmd, t_range=(20, 1000)), replace(tiny.dmd, fake_updates=0)):
+    for bad in (replace(tiny.dmd, t_range=(20, 1000)), replace(tiny.dmd, fake_updates=0),
+                replace(tiny.dmd, student_steps=(1, 5)), replace(tiny.dmd, student_steps=())):
         monkeypatch.setattr(distill_stage, "get_preset", lambda name, seed, bad=bad: replace(tiny, dmd=bad))
-        with pytest.raises(InputError, match=r"dmd needs fake_updates >= 1 and 0 <= t_range\[0\] <= t_range\[1\] "
-                                             r"< 1000 \(the teacher's T\)"):
+        with pytest.raises(InputError, match=r"dmd needs fake_updates >= 1, 0 <= t_range\[0\] <= t_range\[1\] "
+                                             r"< 1000 \(the teacher's T\) and student_steps in 1..4"):
             distill_stage.distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="dmd",
                                   preset="tiny")
     assert not (tmp_path / "run").exists()

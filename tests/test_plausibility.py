@@ -33,24 +33,28 @@ def test_real_ptbxl_passes(ptbxl_shards) -> None:
 
 def test_local_peaks_are_wfdbs_and_xqrs_finds_the_same_beats(ptbxl_shards) -> None:
     """heart_rate.local_peaks (vectorised) gives wfdb's find_local_peaks exactly — real leads at 512 Hz as the
-    check sees them, random quantised signals full of ties, a constant signal — and XQRS with it detects the
-    same beats as XQRS alone."""
+    check sees them, random quantised signals full of ties, a constant signal — and XQRS with it (and the
+    memoised filter gains, the lean normalize) detects the same beats as XQRS alone; the memoised upsampling
+    filter upsamples exactly as resample_poly's own."""
     from scipy.signal import resample_poly
     from wfdb.processing import xqrs_detect
     from wfdb.processing.peaks import find_local_peaks
 
-    from synthgen.data.heart_rate import _xqrs_with_local_peaks, local_peaks
+    from synthgen.data.heart_rate import _fast_xqrs, _upsampling_filter, local_peaks
     from synthgen.io.shards import read_shards, signals
 
-    leads = [resample_poly(ecg[lead], 5, 1) * 1000.0 for ecg in signals(read_shards(
-        str(ptbxl_shards), split="test", columns=["signal"]))[:24] for lead in (1, 7)]
+    ecgs = signals(read_shards(str(ptbxl_shards), split="test", columns=["signal"]))[:24]
+    leads = [resample_poly(ecg[lead], 5, 1) * 1000.0 for ecg in ecgs for lead in (1, 7)]
+    for ecg in ecgs[:4]:
+        np.testing.assert_array_equal(resample_poly(ecg[1], 5, 1, window=_upsampling_filter(5).astype(ecg.dtype)),
+                                      resample_poly(ecg[1], 5, 1))
     rng = np.random.default_rng(0)
     noise = [np.round(rng.normal(size=rng.integers(40, 2000)), 1) for _ in range(100)]
     for sig, radius in [(s, r) for s in leads for r in (25, 51)] + [(s, int(rng.integers(1, 40))) for s in noise]:
         np.testing.assert_array_equal(local_peaks(sig, radius), find_local_peaks(sig, radius))
     assert len(local_peaks(np.ones(100), 5)) == 0 and len(find_local_peaks(np.ones(100), 5)) == 0
     for sig in leads[:8]:
-        with _xqrs_with_local_peaks():
+        with _fast_xqrs():
             fast = xqrs_detect(sig, 512, verbose=False)
         np.testing.assert_array_equal(fast, xqrs_detect(sig, 512, verbose=False))
         assert len(fast) >= 3

@@ -79,7 +79,7 @@ class ShardSampler:
         cfg, size = self.config, self.config.batch_size
         return np.concatenate([
             self.pipeline(conds[i:i + size], [int(s) for s in seeds[i:i + size]], sampler=cfg.sampler,
-                          steps=cfg.steps, guidance=float(cfg.guidance))
+                          steps=cfg.steps, guidance=float(cfg.guidance), decoder=cfg.decoder)
             for i in range(0, len(conds), size)
         ])
 

@@ -14,6 +14,7 @@ from synthgen.model.schedulers import DEFAULT_SAMPLER, SAMPLERS, STUDENT_SAMPLER
 
 FORMATS = ("parquet", "wfdb", "both")
 PRECISIONS = ("fp32", "fp16", "bf16")  # synthgen.pipeline.PRECISIONS (not imported here: torch)
+DECODERS = ("vae", "tiny")  # synthgen.model.bundle.DECODERS (likewise)
 
 
 MAX_AUTO_SHARD, MIN_AUTO_SHARD, AUTO_SHARDS = 256, 16, 16
@@ -48,6 +49,7 @@ class GenerateConfig:
     storage_options: StorageOptions = None
     gpu: bool | None = None
     precision: str = "fp32"  # "fp16"/"bf16": the networks under autocast (ECGPipeline), for GPU actors
+    decoder: str = "vae"  # "tiny": the bundle's tiny decoder (ECGPipeline's ``decoder``)
     progress: bool = True
     replace_implausible: int = 0
 
@@ -73,6 +75,7 @@ class GenerateConfig:
             (self.precision not in PRECISIONS,
              f"--precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}"),
             (self.precision == "fp16" and self.gpu is not True, "--precision=fp16: needs --gpu (CPUs: fp32 or bf16)"),
+            (self.decoder not in DECODERS, f"--decoder={self.decoder!r}: expected one of {', '.join(DECODERS)}"),
             (self.wfdb_fs is not None and not 0 < self.wfdb_fs <= 10_000,
              f"--wfdb-fs={self.wfdb_fs}: expected a rate in Hz, 0-10000"),
         ) if bad]
@@ -98,8 +101,10 @@ class GenerateConfig:
             "limb_leads": "einthoven-goldberger",
             # only when not the default, so plans written before the option existed still match
             **({"precision": self.precision} if self.precision != "fp32" else {}),
+            **({"decoder": self.decoder} if self.decoder != "vae" else {}),
         }
 
     def provenance(self, run_id: str, model_hash: str) -> Provenance:
         """The facts stamped on every output row and WFDB header."""
-        return Provenance(run_id, model_hash, self.sampler, self.steps, float(self.guidance), __version__)
+        return Provenance(run_id, model_hash, self.sampler, self.steps, float(self.guidance), __version__,
+                          self.decoder)

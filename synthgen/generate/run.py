@@ -86,7 +86,7 @@ def run_generate(config: GenerateConfig) -> dict:
     Every ECG is checked for plausibility (synthgen.data.plausibility) and flagged per row; with
     ``replace_implausible`` = k > 0 an implausible sample is redrawn from the next seeds of its own seed
     stream, up to k times (deterministic, so exactly-once holds)."""
-    from synthgen.model.bundle import load_bundle  # torch: not for `synthgen --help`
+    from synthgen.model.bundle import check_decoder, load_bundle  # torch: not for `synthgen --help`
 
     config.check()
     out, storage_options = config.out, config.storage_options
@@ -94,6 +94,7 @@ def run_generate(config: GenerateConfig) -> dict:
     specs = read_manifest(config.manifest, storage_options)
     counts = sample_counts(specs, config.n)
     bundle = load_bundle(config.model, storage_options)  # on the driver: its hash, and a bad model fails here
+    check_decoder(bundle, config.decoder)
     check_writable(out, storage_options)  # every input is valid: now the output, before Ray starts
     fs, root = resolve(out, storage_options)
     planned = _planned(fs, root)

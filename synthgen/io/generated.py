@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the rows' inputs; io sits below conditions/ and data/, so o
     from synthgen.data.plausibility import Plausibility
 
 _PART = re.compile(r"part-(\d+)")
-SCHEMA_VERSION = "generated-v2"  # v2: attempt, plausible, implausible_reasons, measured_hr
+SCHEMA_VERSION = "generated-v3"  # v2: attempt, plausible, implausible_reasons, measured_hr; v3: decoder
 TEXT_COLUMNS = ("label", "condition_source", "condition_citation")  # manifest free text, copied to every row
 
 OUTPUT_SCHEMA = pa.schema(
@@ -54,6 +54,7 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("sampler", pa.string(), nullable=False),
         pa.field("steps", pa.int32(), nullable=False),
         pa.field("guidance", pa.float64(), nullable=False),
+        pa.field("decoder", pa.string(), nullable=False),
         pa.field("synthgen_version", pa.string(), nullable=False),
         pa.field("fs", pa.float64(), nullable=False),
         pa.field("wfdb_record", pa.string()),
@@ -72,6 +73,7 @@ class Provenance:
     steps: int
     guidance: float
     synthgen_version: str
+    decoder: str = "vae"  # the latent decoder (ECGPipeline's ``decoder``): "vae" or "tiny"
 
 
 def shard_name(shard: int) -> str:
@@ -122,7 +124,7 @@ def shard_table(signals: np.ndarray, conditions: list[Condition], text_fields: l
         "plausible": [v.ok for v in verdicts], "implausible_reasons": [list(v.reasons) for v in verdicts],
         "measured_hr": [v.measured_hr for v in verdicts],
         "run_id": [prov.run_id] * n, "model_hash": [prov.model_hash] * n, "sampler": [prov.sampler] * n,
-        "steps": [prov.steps] * n, "guidance": [prov.guidance] * n,
+        "steps": [prov.steps] * n, "guidance": [prov.guidance] * n, "decoder": [prov.decoder] * n,
         "synthgen_version": [prov.synthgen_version] * n, "fs": [FS] * n,
         "wfdb_record": [f"{wfdb_dir}/{name}" for name in names] if wfdb_dir else [None] * n,
     }

@@ -4,6 +4,8 @@
     vae.safetensors    VAE weights
     unet.safetensors   U-Net weights
     student.safetensors  optional: a distilled few-step U-Net (`synthgen train distill`, config key "student")
+    tiny_decoder.safetensors  optional: a narrower VAE decoder distilled from the VAE's (`synthgen train
+                       tiny-decoder`, config key "tiny_decoder")
     MODEL_CARD.md      what the model is, what it was trained on, its limits
     config.json        module configs, latent scale, embedder, patient stats, noise schedule, training
                        provenance, and the sha256 of each weight file; written last
@@ -22,9 +24,11 @@ from synthgen.errors import InputError
 from synthgen.io.bundles import CONFIG_FILE, load_weights, read_config, save_bundle_files
 from synthgen.io.paths import StorageOptions
 from synthgen.model.unet import UNet1D, UNetConfig
-from synthgen.model.vae import VAE, VAEConfig
+from synthgen.model.vae import VAE, Decoder, VAEConfig
 
-WEIGHT_FILES = {"vae": "vae.safetensors", "unet": "unet.safetensors", "student": "student.safetensors"}
+WEIGHT_FILES = {"vae": "vae.safetensors", "unet": "unet.safetensors", "student": "student.safetensors",
+                "tiny_decoder": "tiny_decoder.safetensors"}
+DECODERS = ("vae", "tiny")  # the VAE's decoder, or the bundle's tiny decoder
 REQUIRED_KEYS = ("vae", "unet", "latent_scale", "embedder", "patient_stats", "noise", "files")  # to sample
 
 
@@ -38,16 +42,28 @@ class Bundle:
     model_hash: str
     url: str
     student: UNet1D | None = None  # the distilled few-step U-Net (same architecture as ``unet``), if any
+    tiny_decoder: Decoder | None = None  # a narrower decoder of the same latents (``ECGPipeline(decoder="tiny")``)
+
+
+def check_decoder(bundle: Bundle, name: str) -> None:
+    """InputError (one line) unless ``bundle`` can decode with the decoder called ``name`` (``DECODERS``)."""
+    if name not in DECODERS:
+        raise InputError(f"--decoder {name!r}: expected one of {', '.join(DECODERS)}")
+    if name == "tiny" and bundle.tiny_decoder is None:
+        raise InputError(f"--decoder tiny: model bundle {bundle.url} has no tiny decoder; make one with "
+                         "`synthgen train tiny-decoder`, or use --decoder vae")
 
 
 def save_bundle(url: str, vae: VAE, unet: UNet1D, config: dict[str, Any], card: str,
-                storage_options: StorageOptions = None, student: UNet1D | None = None) -> str:
+                storage_options: StorageOptions = None, student: UNet1D | None = None,
+                tiny_decoder: Decoder | None = None) -> str:
     """Write a bundle into directory ``url``; returns the model hash. ``config`` holds the contract's keys
-    (vae, unet, latent_scale, embedder, patient_stats, noise, data_fingerprint, training), and "student"
-    when ``student`` is given."""
+    (vae, unet, latent_scale, embedder, patient_stats, noise, data_fingerprint, training), "student" when
+    ``student`` is given and "tiny_decoder" ({"model": its VAEConfig, ...}) when ``tiny_decoder`` is."""
     modules = {WEIGHT_FILES["vae"]: vae, WEIGHT_FILES["unet"]: unet}
-    if student is not None:
-        modules[WEIGHT_FILES["student"]] = student
+    for key, module in (("student", student), ("tiny_decoder", tiny_decoder)):
+        if module is not None:
+            modules[WEIGHT_FILES[key]] = module
     return save_bundle_files(url, modules, config, card, storage_options)
 
 
@@ -88,11 +104,17 @@ def load_bundle(url: str | None = None, storage_options: StorageOptions = None) 
         raise InputError(f"{url}/{CONFIG_FILE}: unet.cond_dim {unet.cfg.cond_dim} != embedder.dim "
                          f"{embedder['dim']}")
     student = UNet1D(unet.cfg) if "student" in config else None
-    modules = [(vae, WEIGHT_FILES["vae"]), (unet, WEIGHT_FILES["unet"])]
-    for module, name in modules + ([(student, WEIGHT_FILES["student"])] if student is not None else []):
-        expected = config["files"].get(name)
+    tiny = config.get("tiny_decoder")
+    tiny_decoder = None if tiny is None else Decoder(_config_for(VAEConfig, tiny.get("model") if isinstance(
+        tiny, dict) else None, "tiny_decoder.model", url))
+    modules = {"vae": vae, "unet": unet, "student": student, "tiny_decoder": tiny_decoder}
+    for key, module in modules.items():
+        if module is None:
+            continue
+        expected = config["files"].get(WEIGHT_FILES[key])
         if expected is None:
-            raise InputError(f"{url}/{CONFIG_FILE} has no sha256 for {name}")
-        load_weights(module, url, name, expected, "model", storage_options)
+            raise InputError(f"{url}/{CONFIG_FILE} has no sha256 for {WEIGHT_FILES[key]}")
+        load_weights(module, url, WEIGHT_FILES[key], expected, "model", storage_options)
     return Bundle(vae=vae.eval(), unet=unet.eval(), config=config, model_hash=model_hash, url=url,
-                  student=None if student is None else student.eval())
+                  student=None if student is None else student.eval(),
+                  tiny_decoder=None if tiny_decoder is None else tiny_decoder.eval())

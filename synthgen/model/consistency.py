@@ -62,13 +62,23 @@ def teacher_ddim_step(out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tenso
     return alpha_bar_prev.sqrt() * x0 + (1 - alpha_bar_prev).sqrt() * eps
 
 
-def one_step_sample(student: torch.nn.Module, scheduler: Any, z: torch.Tensor, cond: tuple[torch.Tensor, ...],
-                    prediction_type: str) -> torch.Tensor:
-    """The student's one-step latent from pure noise ``z`` (B, C, L): f(z, T) at the "lcm" sampler's only
-    timestep at 1 step (``scheduler.set_timesteps(1)`` must have been called), differentiable in the student;
-    equals ``ECGPipeline(..., sampler="lcm", steps=1)`` before decoding."""
-    t = scheduler.timesteps[:1].to(z.device).expand(len(z))
-    return consistency_output(scheduler, student(z, t, *cond), z, t, prediction_type)
+def student_sample(student: torch.nn.Module, scheduler: Any, steps: int, z: torch.Tensor,
+                   cond: tuple[torch.Tensor, ...], prediction_type: str,
+                   generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+    """The student's ``steps``-step latent from pure noise ``z`` (B, C, L) on the "lcm" sampler's timesteps
+    (``scheduler`` is an LCMScheduler; this calls its ``set_timesteps``): equals ``ECGPipeline(...,
+    sampler="lcm", steps=steps)`` before decoding, given the same ``generator`` for the re-noising. Only the last
+    step is differentiable in the student — DMD2's "backward simulation" (Yin et al. 2024b, section 4.5): a
+    multi-step student is trained on the inputs it meets at sampling time, without backpropagating through
+    the chain."""
+    scheduler.set_timesteps(steps, device=z.device)
+    *earlier, last = scheduler.timesteps
+    x = z
+    with torch.no_grad():
+        for t in earlier:
+            x = scheduler.step(student(x, t.expand(len(x)), *cond), t, x, generator=generator).prev_sample
+    t = last.to(z.device).expand(len(x))
+    return consistency_output(scheduler, student(x, t, *cond), x, t, prediction_type)
 
 
 def consistency_output(scheduler: Any, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor,

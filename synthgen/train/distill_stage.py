@@ -38,7 +38,7 @@ from synthgen.io.bundles import read_card
 from synthgen.io.paths import check_writable, join, resolve
 from synthgen.io.shards import SUMMARY, read_shards, read_summary
 from synthgen.model.bundle import Bundle, load_bundle, save_bundle
-from synthgen.model.consistency import (MAX_STUDENT_STEPS, consistency_output, one_step_sample, pseudo_huber,
+from synthgen.model.consistency import (MAX_STUDENT_STEPS, consistency_output, pseudo_huber, student_sample,
                                         scaled_x0_and_eps, solver_timesteps, teacher_ddim_step, x0_and_eps)
 from synthgen.model.distribution_matching import dmd_gradient, dmd_loss
 from synthgen.model.schedulers import EpsScale, make_scheduler
@@ -215,7 +215,6 @@ def dmd_worker(config: dict[str, Any]) -> None:
     prediction_type = pipeline.noise["prediction_type"]
     scheduler = make_scheduler(SAMPLER, **pipeline.noise,
                                original_inference_steps=config["student"]["original_inference_steps"])
-    scheduler.set_timesteps(1, device=device)
     alphas = scheduler.alphas_cumprod.to(device)
     n_timesteps = pipeline.noise["num_train_timesteps"]
     real_eps = EpsScale.parse(config["student"]["teacher"]["real_eps_scale"])
@@ -228,11 +227,16 @@ def dmd_worker(config: dict[str, Any]) -> None:
         a, eps = alphas[t][:, None, None], torch.randn(x.shape).to(device)
         return a.sqrt() * x + (1 - a).sqrt() * eps, t, eps
 
+    def sample(cond: tuple) -> torch.Tensor:
+        """The student's sample at a step count drawn from ``dc.student_steps``, differentiable in its last step."""
+        steps = dc.student_steps[int(torch.randint(len(dc.student_steps), ()))]
+        z = torch.randn(pipeline.latent_shape(len(cond[0]))).to(device)
+        return student_sample(student, scheduler, steps, z, cond, prediction_type)
+
     def fake_step(cond: tuple) -> float:
-        """One diffusion-loss update of the fake score on fresh one-step samples of the student."""
+        """One diffusion-loss update of the fake score on fresh samples of the student."""
         with torch.no_grad():
-            x = one_step_sample(student, scheduler, torch.randn(pipeline.latent_shape(len(cond[0]))).to(device),
-                                cond, prediction_type)
+            x = sample(cond)
         x_t, t, eps = noised(x, 0, n_timesteps)
         a = alphas[t][:, None, None]
         v = a.sqrt() * eps - (1 - a).sqrt() * x  # distill() accepts v-prediction teachers only
@@ -245,8 +249,7 @@ def dmd_worker(config: dict[str, Any]) -> None:
             fake_loss = fake_step(cond)
         if warming_up:
             return fake_loss
-        x = one_step_sample(student, scheduler, torch.randn(pipeline.latent_shape(len(cond[0]))).to(device), cond,
-                            prediction_type)
+        x = sample(cond)
         with torch.no_grad():
             x_t, t, _ = noised(x, dc.t_range[0], dc.t_range[1] + 1)
             a = alphas[t][:, None, None]
@@ -381,9 +384,12 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
     if method == "dmd" and bundle.student is None:
         raise InputError(f"--teacher {bundle.url}: no distilled student to refine; --method dmd starts from one "
                          "(run `synthgen train distill` first and pass its OUT/distilled)")
-    if method == "dmd" and not (cfg.fake_updates >= 1 and 0 <= cfg.t_range[0] <= cfg.t_range[1] < noise["T"]):
-        raise InputError(f"preset {preset!r}: dmd needs fake_updates >= 1 and 0 <= t_range[0] <= t_range[1] < "
-                         f"{noise['T']} (the teacher's T); got {cfg.fake_updates} and {list(cfg.t_range)}")
+    if method == "dmd" and not (cfg.fake_updates >= 1 and 0 <= cfg.t_range[0] <= cfg.t_range[1] < noise["T"]
+                                and 0 < len(cfg.student_steps) and all(1 <= k <= MAX_STUDENT_STEPS
+                                                                        for k in cfg.student_steps)):
+        raise InputError(f"preset {preset!r}: dmd needs fake_updates >= 1, 0 <= t_range[0] <= t_range[1] < "
+                         f"{noise['T']} (the teacher's T) and student_steps in 1..{MAX_STUDENT_STEPS}; got "
+                         f"{cfg.fake_updates}, {list(cfg.t_range)} and {list(cfg.student_steps)}")
     fs_out, out_path = resolve(out, storage_options)
     url = join(out, DISTILLED)
     if fs_out.exists(f"{out_path}/{DISTILLED}/config.json"):
@@ -441,7 +447,8 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
     config["student"] = student_info
     card = _card(read_card(bundle.url, storage_options), student_info,
                  command or f"synthgen train distill --data {data} --out {out} --preset {preset} --method {method}")
-    save_bundle(url, bundle.vae, bundle.unet, config, card, storage_options=storage_options, student=student)
+    save_bundle(url, bundle.vae, bundle.unet, config, card, storage_options=storage_options, student=student,
+                tiny_decoder=bundle.tiny_decoder)  # the same VAE latents: the teacher's tiny decoder still fits
     scores = ", ".join(f"{k} {v['score']:.2f}" for k, v in {**student_info["scores"],
                                                              **student_info["teacher_scores"]}.items())
     print(f"[distill] done: kept epoch {kept_epoch}, sample scores {scores}, {seconds:.0f} s → {url}",

@@ -72,6 +72,10 @@ class DMDConfig:
     fake_updates: int = 2            # fake-score updates per student update (DMD2's two time-scale rule)
     warmup_epochs: int = 2           # epochs of fake-score updates alone before the student moves
     t_range: tuple[int, int] = (20, 980)  # timesteps of the distribution-matching gradient (DMD: 0.02T–0.98T)
+    # the "lcm" step counts the student is trained at, one drawn per batch; more than one step by DMD2's backward
+    # simulation (model/consistency.py, student_sample). (1, 2) from the shipped student, 10 epochs: lcm-1 a little
+    # better, lcm-2 much worse (FID 1.54 → 3.68 on the quick test-condition metric; docs/model.md)
+    student_steps: tuple[int, ...] = (1,)
     # Epsilon Scaling of the real score (EpsScale; None: the teacher bundle's setting for dpm++sde). Without it
     # the teacher's high-noise bias pulls the student to near-flat ECGs (21 % of them after 100 steps); with the
     # sampler's 1.6@500 the near-flat share still rose (to 2–4 %); scaling from t = 300 kept it at 0–0.8 %
@@ -92,9 +96,32 @@ class DMDConfig:
         d = dict(d)
         d["stage"] = StageConfig(**d["stage"])
         d["t_range"] = tuple(int(t) for t in d["t_range"])
+        d["student_steps"] = tuple(int(s) for s in d.get("student_steps", (1,)))
         d["sample_check_steps"] = tuple(int(s) for s in d["sample_check_steps"])
         d["teacher_reference"] = tuple((str(a), int(b)) for a, b in d["teacher_reference"])
         return cls(**d)
+
+
+@dataclass
+class TinyDecoderConfig:
+    """Stage 4, `synthgen train tiny-decoder`: a narrower copy of the VAE decoder (``VAEConfig.base_channels``
+    ``base_channels``), trained to reproduce the VAE decoder's output (L1, mV) on latents the sampler meets —
+    posterior samples of training ECGs and, when the bundle has one, the student's 1- and 2-step samples of their
+    conditions — a TAESD-like distilled decoder (Bohan O., "Tiny AutoEncoder for Stable Diffusion", 2023). At
+    base 12 (a quarter of the FLOPs of base 24) 10 minutes of training matched the VAE decoder to 0.016 mV RMS
+    on student samples at 2.8× its speed (docs/model.md, "Tiny decoder")."""
+
+    stage: StageConfig = field(default_factory=lambda: StageConfig(epochs=30, batch_size=64, lr=2e-3,
+                                                                   checkpoint_every=500))
+    base_channels: int = 12
+    norm_groups: int = 6             # GroupNorm groups: must divide base_channels
+    posterior_copies: int = 3        # posterior samples z ~ q(z|x) per training ECG in the latent pool
+    student_copies: int = 3          # student samples per training condition in the pool (none without a student)
+    val_n: int = 256                 # validation ECGs (posterior means) the kept epoch is chosen on
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TinyDecoderConfig":
+        return cls(**{**d, "stage": StageConfig(**d["stage"])})
 
 
 @dataclass
@@ -134,6 +161,7 @@ class TrainConfig:
     eps_scale_samplers: tuple[tuple[str, int], ...] = (("ddpm", 100), ("dpm++", 20), ("ddim", 50), ("dpm++sde", 20))
     distill: DistillConfig = field(default_factory=DistillConfig)
     dmd: DMDConfig = field(default_factory=DMDConfig)
+    tiny_decoder: TinyDecoderConfig = field(default_factory=TinyDecoderConfig)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,6 +182,8 @@ class TrainConfig:
         d["eps_scale_grid"] = tuple(str(EpsScale.parse(f)) for f in d["eps_scale_grid"])
         d["distill"] = DistillConfig.from_dict(d["distill"])
         d["dmd"] = DMDConfig.from_dict(d["dmd"]) if "dmd" in d else DMDConfig()
+        d["tiny_decoder"] = (TinyDecoderConfig.from_dict(d["tiny_decoder"]) if "tiny_decoder" in d
+                             else TinyDecoderConfig())
         return cls(**d)
 
 
@@ -201,7 +231,10 @@ def _tiny() -> TrainConfig:
                               target_ema_decay=0.9, sample_check_every=1, sample_check_n=4,
                               teacher_reference=(("ddpm", 4),)),
         dmd=DMDConfig(stage=StageConfig(epochs=1, batch_size=32, lr=1e-4, checkpoint_every=5), warmup_epochs=0,
-                      sample_check_n=4, teacher_reference=(("ddpm", 4),)),
+                      sample_check_n=4, teacher_reference=(("ddpm", 4),), student_steps=(1, 2)),
+        tiny_decoder=TinyDecoderConfig(stage=StageConfig(epochs=2, batch_size=32, lr=2e-3, checkpoint_every=5),
+                                       base_channels=8, norm_groups=4, posterior_copies=1, student_copies=1,
+                                       val_n=16),
     )
 
 
