@@ -88,6 +88,26 @@ def test_generate_with_the_tiny_decoder_records_it(trained, ray_local, tmp_path:
     assert np.abs(alone["tiny"] - alone["vae"]).max() > 1e-4
 
 
+def test_a_tiny_decoder_that_does_not_fit_the_vae_is_refused_at_load(tmp_path: Path):
+    """A tiny decoder whose latent channels differ from the VAE's is a one-line InputError naming the key, not a
+    shape error inside a generate actor."""
+    from dataclasses import asdict
+
+    from synthgen.model.bundle import save_bundle
+    from synthgen.model.unet import UNet1D
+    from synthgen.model.vae import VAE, VAEConfig
+    from test_model import TINY_VAE, tiny_unet_config
+
+    odd = VAEConfig(**{**asdict(TINY_VAE), "base_channels": 4, "norm_groups": 2, "latent_channels": 2})
+    config = {"vae": asdict(TINY_VAE), "unet": asdict(tiny_unet_config(16)), "latent_scale": 0.5,
+              "embedder": {"name": "test-hash", "dim": 16},
+              "patient_stats": {"age_mean": 60.0, "age_std": 15.0, "hr_mean": 75.0, "hr_std": 15.0},
+              "noise": {"T": 1000, "beta_start": 0.00085, "beta_end": 0.012}, "tiny_decoder": {"model": asdict(odd)}}
+    save_bundle(str(tmp_path), VAE(TINY_VAE), UNet1D(tiny_unet_config(16)), config, "# t\n", tiny_decoder=Decoder(odd))
+    with pytest.raises(InputError, match="'tiny_decoder.model' must have the VAE's in_channels, latent_channels"):
+        load_bundle(str(tmp_path))
+
+
 def test_a_bundle_without_a_tiny_decoder_or_an_unknown_decoder_is_refused(tiny_bundle, tmp_path: Path):
     from synthgen.generate.run import generate
 
@@ -103,3 +123,19 @@ def test_a_bundle_without_a_tiny_decoder_or_an_unknown_decoder_is_refused(tiny_b
     pipe = ECGPipeline(load_bundle(tiny_bundle.url))
     with pytest.raises(InputError, match="has no tiny decoder"):
         pipe([Condition(("sinus rhythm",))], [0], steps=2, decoder="tiny")
+
+
+def test_refusals_before_ray_starts(trained, ptbxl_shards, tiny_bundle, tmp_path: Path):
+    """An --out holding another teacher's tiny decoder, more batch than data, and a preset whose tiny decoder
+    is not narrower than the teacher's VAE decoder are one-line errors, and nothing is written."""
+    from synthgen.train.tiny_decoder_stage import train_tiny_decoder
+
+    teacher, out = trained
+    with pytest.raises(InputError, match=r"holds a tiny decoder of teacher .* use another --out"):
+        train_tiny_decoder(str(ptbxl_shards), str(out), teacher=tiny_bundle.url, preset="tiny")
+    fresh = tmp_path / "run"
+    with pytest.raises(InputError, match=r"expected at least one batch .* lower --batch-size or --workers"):
+        train_tiny_decoder(str(ptbxl_shards), str(fresh), teacher=str(teacher), preset="tiny", batch_size=10**6)
+    with pytest.raises(InputError, match=r"tiny decoder base width 12 is not narrower than the VAE decoder's \(8\)"):
+        train_tiny_decoder(str(ptbxl_shards), str(fresh), teacher=str(teacher), preset="small")
+    assert not fresh.exists()

@@ -90,7 +90,17 @@ def normalize(x: np.ndarray) -> np.ndarray:
 def _upsampling_filter(up: int) -> np.ndarray:
     """The FIR filter ``resample_poly(x, up, 1)`` designs on every call (its defaults: Kaiser β 5, 20·up + 1 taps;
     it casts the taps to x's dtype, and so must its caller)."""
-    return firwin(20 * up + 1, 1.0 / up, window=("kaiser", 5.0))
+    taps = firwin(20 * up + 1, 1.0 / up, window=("kaiser", 5.0))
+    taps.flags.writeable = False  # shared by every call
+    return taps
+
+
+def upsample(x: np.ndarray, up: int) -> np.ndarray:
+    """``resample_poly(x, up, 1)`` with its filter designed once (the same output to the last bit)."""
+    taps = _upsampling_filter(up)
+    if np.issubdtype(x.dtype, np.floating):  # resample_poly casts its own taps to a float x's dtype
+        taps = taps.astype(x.dtype)
+    return resample_poly(x, up, 1, window=taps)
 
 
 @contextlib.contextmanager
@@ -99,9 +109,9 @@ def _fast_xqrs() -> Iterator[None]:
     this block: the same detections, a fraction of the Python overhead."""
     patched = {"find_local_peaks": local_peaks, "get_filter_gain": filter_gain, "normalize": normalize}
     original = {name: getattr(wfdb_qrs, name) for name in patched}
-    for name, fn in patched.items():
-        setattr(wfdb_qrs, name, fn)
     try:
+        for name, fn in patched.items():
+            setattr(wfdb_qrs, name, fn)
         yield
     finally:
         for name, fn in original.items():
@@ -114,8 +124,7 @@ def hr_from_signal(signal: np.ndarray, fs: float) -> float | None:
     rate = fs * up
     with _fast_xqrs():
         for lead in _DETECT_LEADS:
-            mv = signal[lead] if up == 1 else resample_poly(signal[lead], up, 1,
-                                                            window=_upsampling_filter(up).astype(signal.dtype))
+            mv = signal[lead] if up == 1 else upsample(signal[lead], up)
             if not np.ptp(mv) > 0:
                 continue
             for detect in (lambda: processing.xqrs_detect(mv * 1000.0, rate, verbose=False),  # XQRS in µV

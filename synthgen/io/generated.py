@@ -1,4 +1,4 @@
-"""Outputs of `synthgen generate` (schema generated-v2, docs/schema-outputs.md): the Parquet shard schema, the
+"""Outputs of `synthgen generate` (schema generated-v3, docs/schema-outputs.md): the Parquet shard schema, the
 layout of an output folder (shard names, commit markers), its WFDB records and the reader every command uses.
 
 The signal is stored as nested fixed-size lists (12 × 1024 float32), so plain pandas/pyarrow readers get the

@@ -105,8 +105,14 @@ def load_bundle(url: str | None = None, storage_options: StorageOptions = None) 
                          f"{embedder['dim']}")
     student = UNet1D(unet.cfg) if "student" in config else None
     tiny = config.get("tiny_decoder")
-    tiny_decoder = None if tiny is None else Decoder(_config_for(VAEConfig, tiny.get("model") if isinstance(
-        tiny, dict) else None, "tiny_decoder.model", url))
+    tiny_decoder = None
+    if tiny is not None:
+        tiny_cfg = _config_for(VAEConfig, tiny.get("model") if isinstance(tiny, dict) else None, "tiny_decoder.model",
+                               url)
+        fits = ("in_channels", "latent_channels", "channel_mult")  # the VAE's latents in, its ECG shape out
+        if any(getattr(tiny_cfg, k) != getattr(vae.cfg, k) for k in fits):
+            raise InputError(f"{url}/{CONFIG_FILE}: 'tiny_decoder.model' must have the VAE's {', '.join(fits)}")
+        tiny_decoder = Decoder(tiny_cfg)
     modules = {"vae": vae, "unet": unet, "student": student, "tiny_decoder": tiny_decoder}
     for key, module in modules.items():
         if module is None:

@@ -229,7 +229,9 @@ def dmd_worker(config: dict[str, Any]) -> None:
 
     def sample(cond: tuple) -> torch.Tensor:
         """The student's sample at a step count drawn from ``dc.student_steps``, differentiable in its last step."""
-        steps = dc.student_steps[int(torch.randint(len(dc.student_steps), ()))]
+        # one step count draws nothing: the random stream (and a seeded run) stays that of the one-step recipe
+        steps = (dc.student_steps[0] if len(dc.student_steps) == 1
+                 else dc.student_steps[int(torch.randint(len(dc.student_steps), ()))])
         z = torch.randn(pipeline.latent_shape(len(cond[0]))).to(device)
         return student_sample(student, scheduler, steps, z, cond, prediction_type)
 
