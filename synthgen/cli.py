@@ -273,15 +273,17 @@ def train_distill(data: str = DataOpt,
                                                                    "(default: the shipped model)."),
                   method: str = typer.Option("lcd", help="lcd: Latent Consistency Distillation of the teacher; "
                                                          "dmd: Distribution Matching Distillation of the teacher "
-                                                         "bundle's one-step student (a bundle from lcd)."),
+                                                         "bundle's one-step student (a bundle from lcd); "
+                                                         "regress: a narrower, faster student regressed onto the "
+                                                         "bundle's student."),
                   preset: str = PresetOpt, workers: int = WorkersOpt, gpu: Optional[bool] = GpuOpt,
                   cache: Optional[str] = CacheOpt, seed: int = SeedOpt,
                   epochs: Optional[int] = typer.Option(None, help="Epochs (default: the preset's)."),
                   batch_size: Optional[int] = typer.Option(None, help="Batch size (default: the preset's)."),
                   storage_options: Optional[str] = StorageOpt, config: Optional[str] = ConfigOpt) -> None:
     """Stage 3: distil a teacher into a 1–4 step student (guidance folded in) for `generate --sampler lcm`:
-    Latent Consistency Distillation, then optionally Distribution Matching Distillation of its one-step
-    sampling. Rerun the same command to resume after a kill."""
+    Latent Consistency Distillation, then optionally a narrower student regressed onto it and Distribution
+    Matching Distillation of its one-step sampling. Rerun the same command to resume after a kill."""
     from synthgen.io.paths import shown_command
     from synthgen.train.distill_stage import distill
 
@@ -335,7 +337,7 @@ def generate(
                                                    "the paper's DDPM uses 1000)."),
     guidance: float = typer.Option(2.0, help="Classifier-free guidance scale (1 = none)."),
     seed: int = typer.Option(0, help="Run seed; each sample's seed derives from (seed, spec, index)."),
-    batch_size: int = typer.Option(32, help="ECGs per forward pass in each actor."),
+    batch_size: int = typer.Option(128, help="ECGs per forward pass in each actor."),
     actors: Optional[int] = typer.Option(None, help="Sampler actors (default: one per GPU the cluster has or can "
                                                     "add, else one per 2 CPUs)."),
     shard_size: Optional[int] = typer.Option(None, help="ECGs per output shard (the unit of work and of resume; "

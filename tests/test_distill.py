@@ -18,7 +18,7 @@ from synthgen.conditions.spec import Condition
 from synthgen.errors import InputError
 from synthgen.model.bundle import load_bundle, save_bundle
 from synthgen.model.consistency import (consistency_output, student_sample, scaled_x0_and_eps, solver_timesteps,
-                                        teacher_ddim_step, x0_and_eps)
+                                        teacher_ddim_step, trajectory_points, x0_and_eps)
 from synthgen.model.distribution_matching import dmd_gradient, dmd_loss
 from synthgen.model.schedulers import EpsScale, epsilon_scaling, make_scheduler
 from synthgen.model.unet import UNet1D
@@ -182,6 +182,25 @@ def test_student_sample_is_the_lcm_sampler_and_backpropagates_through_its_last_s
     assert timesteps[0] == [999, 999] and len({t[0] for t in timesteps}) == steps
 
 
+def test_trajectory_points_are_where_the_lcm_sampler_calls_the_student():
+    """The regression pool's points for 1 and 2 steps: (z, T) once, with the one-step sample as its target, then
+    the two-step sampler's second input and its output — the lcm sampler's 2-step sample."""
+    z = torch.randn(2, 4, 128, generator=torch.Generator().manual_seed(7))
+
+    def student(x, t, *cond):
+        return 0.3 * x + t[:, None, None] / 1000
+
+    points = trajectory_points(student, lcm_scheduler(), (1, 2), z, (), "v_prediction",
+                               generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
+    assert len(points) == 2 and torch.equal(points[0][0], z) and points[0][1].tolist() == [999, 999]
+    torch.testing.assert_close(points[0][2], student_sample(student, lcm_scheduler(), 1, z, (), "v_prediction"))
+    two = student_sample(student, lcm_scheduler(), 2, z, (), "v_prediction",
+                         generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
+    torch.testing.assert_close(points[1][2], two)
+    assert points[1][1].tolist()[0] < 999 and not torch.equal(points[1][0], z)
+    assert len(trajectory_points(student, lcm_scheduler(), (1, 2, 4), z, (), "v_prediction")) == 1 + 1 + 3
+
+
 # -------------------------------------------------------------------------------------------- sampler
 @pytest.fixture(scope="module")
 def student_pipe(tmp_path_factory: pytest.TempPathFactory) -> ECGPipeline:
@@ -330,9 +349,10 @@ def test_dmd_needs_a_student_to_refine_and_a_known_method(ptbxl_shards, tmp_path
 
     teacher = tmp_path / "teacher"
     tiny_teacher(str(teacher), "local", 384)
-    with pytest.raises(InputError, match="no distilled student to refine; --method dmd starts from one"):
-        distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="dmd", preset="tiny")
-    with pytest.raises(InputError, match="--method 'gan': expected one of lcd, dmd"):
+    for method in ("dmd", "regress"):
+        with pytest.raises(InputError, match=f"no distilled student to start from; --method {method} needs one"):
+            distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method=method, preset="tiny")
+    with pytest.raises(InputError, match="--method 'gan': expected one of lcd, dmd, regress"):
         distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="gan", preset="tiny")
     assert not (tmp_path / "run").exists()
     # an --out that already holds another method's student is not taken for this method's result
@@ -341,14 +361,77 @@ def test_dmd_needs_a_student_to_refine_and_a_known_method(ptbxl_shards, tmp_path
         distill(str(ptbxl_shards), str(tmp_path / "other"), teacher=str(teacher), method="lcd", preset="tiny")
 
 
-def test_tiny_dmd_refines_the_student_and_records_where_it_started(ptbxl_shards, ray_local, tmp_path: Path):
-    """`synthgen train distill --method dmd` (tiny preset) on the real PTB-XL shards from a tiny teacher bundle
-    with a student: the bundle keeps the teacher, the student moved away from where it started, and the
-    config and card say how it was made; the student samples in one step."""
+@pytest.fixture(scope="module")
+def narrow(ptbxl_shards, ray_local, tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """`synthgen train distill --method regress` (tiny preset) on the real PTB-XL shards from a tiny teacher
+    bundle with a student: (teacher, out, the finished run)."""
+    root = tmp_path_factory.mktemp("narrow")
+    teacher, out = root / "teacher", root / "run"
+    tiny_teacher(str(teacher), "local", 384, student=True)
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
+    args = [*SYNTHGEN, "train", "distill", "--data", str(ptbxl_shards), "--out", str(out), "--teacher", str(teacher),
+            "--method", "regress", "--preset", "tiny"]
+    return teacher, out, subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_tiny_regress_makes_a_narrower_student(narrow, ptbxl_shards, tmp_path: Path, monkeypatch):
+    """The regressed student is the U-Net at the preset's width, recorded in the config (``student.model``) and
+    loaded at it, closer to its source's samples than the same network untrained, with a card section; the
+    teacher is kept, and it samples in 1 and 2 steps. A width not narrower than the student's (or not divisible
+    by its norm groups) is refused before Ray starts."""
+    from dataclasses import replace
+
+    from synthgen.conditions.embedders import get_embedder
+    from synthgen.model.unet import UNetConfig
+    from synthgen.train import distill_stage
+
+    teacher, out, run = narrow
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == str(out / "distilled") and "trajectory pool" in run.stdout
+    start, bundle = load_bundle(str(teacher)), load_bundle(str(out / "distilled"))
+    student, width = bundle.config["student"], get_preset("tiny").regress.base_channels
+    assert student["method"].startswith("regression onto the student's sampling trajectories")
+    assert student["model"]["base_channels"] == width == bundle.student.cfg.base_channels
+    assert width < start.student.cfg.base_channels
+    assert student["initialised_from"]["method"] == STUDENT["method"] and student["guidance"] == STUDENT["guidance"]
+    assert student["training"]["best_val_mse"] >= 0 and set(student["scores"]) == {"lcm-1", "lcm-2"}
+    assert all(torch.equal(a, b) for a, b in zip(bundle.unet.state_dict().values(), start.unet.state_dict().values()))
+    assert "Stage 3, narrowed" in (out / "distilled" / "MODEL_CARD.md").read_text()
+    emb = get_embedder("local")
+    conditions = [Condition(("sinus rhythm",), 60, "F", 70), Condition(("atrial fibrillation",), 75, "M", 110)]
+
+    def latents(b) -> torch.Tensor:
+        pipe = ECGPipeline(b, emb)
+        z = torch.randn(pipe.latent_shape(2), generator=torch.Generator().manual_seed(3))
+        return student_sample(b.student, lcm_scheduler(), 1, z, pipe.encode_conditions(conditions), "v_prediction")
+
+    torch.manual_seed(0)
+    untrained = replace(bundle, student=UNet1D(UNetConfig(**student["model"])).eval())
+    with torch.no_grad():
+        wanted = latents(start)
+        assert (latents(bundle) - wanted).pow(2).mean() < (latents(untrained) - wanted).pow(2).mean()
+    for steps in (1, 2):
+        ecg = ECGPipeline(bundle, emb)(conditions, seeds=[5, 6], sampler="lcm", steps=steps)
+        assert ecg.shape == (2, 12, 1024) and np.isfinite(ecg).all()
+
+    tiny = get_preset("tiny")
+    for base, groups in ((16, 4), (6, 4)):  # not narrower than the student's 16; not divisible by its groups
+        bad = replace(tiny, regress=replace(tiny.regress, base_channels=base, norm_groups=groups))
+        monkeypatch.setattr(distill_stage, "get_preset", lambda name, seed, bad=bad: bad)
+        with pytest.raises(InputError, match="regress needs a base width narrower than the student's"):
+            distill_stage.distill(str(ptbxl_shards), str(tmp_path / "bad"), teacher=str(teacher), method="regress",
+                                  preset="tiny")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_tiny_dmd_refines_the_narrow_student_and_records_where_it_started(narrow, ptbxl_shards, ray_local,
+                                                                         tmp_path: Path):
+    """`synthgen train distill --method dmd` (tiny preset) from the regressed bundle: the bundle keeps the
+    teacher, the student keeps its width and moved away from where it started, and the config and card say how
+    it was made; the student samples in one step."""
     from synthgen.conditions.embedders import get_embedder
 
-    teacher, out = tmp_path / "teacher", tmp_path / "run"
-    tiny_teacher(str(teacher), "local", 384, student=True)
+    teacher, out = narrow[1] / "distilled", tmp_path / "run"
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
     args = [*SYNTHGEN, "train", "distill", "--data", str(ptbxl_shards), "--out", str(out), "--teacher", str(teacher),
             "--method", "dmd", "--preset", "tiny"]
@@ -359,14 +442,16 @@ def test_tiny_dmd_refines_the_student_and_records_where_it_started(ptbxl_shards,
     start, bundle = load_bundle(str(teacher)), load_bundle(str(out / "distilled"))
     student = bundle.config["student"]
     assert student["method"].startswith("distribution matching distillation")
-    assert student["initialised_from"]["method"] == STUDENT["method"]
+    assert student["initialised_from"]["method"] == start.config["student"]["method"]
+    assert student["model"] == start.config["student"]["model"] and bundle.student.cfg == start.student.cfg
     assert student["original_inference_steps"] == STUDENT["original_inference_steps"]
     assert student["teacher"]["real_eps_scale"] == str(EpsScale.parse(get_preset("tiny").dmd.real_eps_scale))
     assert set(student["scores"]) == {"lcm-1", "lcm-2"} and student["training"]["steps"] > 0
     assert all(torch.equal(a, b) for a, b in zip(bundle.unet.state_dict().values(), start.unet.state_dict().values()))
     assert not all(torch.equal(a, b) for a, b in zip(bundle.student.state_dict().values(),
                                                      start.student.state_dict().values()))
-    assert "Distribution Matching Distillation" in (out / "distilled" / "MODEL_CARD.md").read_text()
+    card = (out / "distilled" / "MODEL_CARD.md").read_text()
+    assert "Distribution Matching Distillation" in card and "Stage 3, narrowed" in card
     ecg = ECGPipeline(bundle, get_embedder("local"))([Condition(("sinus rhythm",), 60, "F", 70)], seeds=[5],
                                                      sampler="lcm", steps=1)
     assert ecg.shape == (1, 12, 1024) and np.isfinite(ecg).all()

@@ -34,15 +34,16 @@ def test_real_ptbxl_passes(ptbxl_shards) -> None:
 def test_local_peaks_are_wfdbs_and_xqrs_finds_the_same_beats(ptbxl_shards) -> None:
     """heart_rate.local_peaks (vectorised) gives wfdb's find_local_peaks exactly — real leads at 512 Hz as the
     check sees them, random quantised signals full of ties, a constant signal — and XQRS with it (and the
-    memoised filter gains, the lean normalize) detects the same beats as XQRS alone; the memoised upsampling
-    filter upsamples exactly as resample_poly's own."""
-    from scipy.signal import resample_poly
+    memoised filter gains, band-pass and filtfilt states, the lean normalize) detects the same beats as XQRS
+    alone; the memoised upsampling filter, band-pass and filtfilt states are scipy's own."""
+    import scipy.signal
+    from scipy.signal import _signaltools, resample_poly
     from wfdb.processing import basic as wfdb_basic
     from wfdb.processing import qrs as wfdb_qrs
     from wfdb.processing import xqrs_detect
     from wfdb.processing.peaks import find_local_peaks
 
-    from synthgen.data.heart_rate import _fast_xqrs, local_peaks, upsample
+    from synthgen.data.heart_rate import _fast_xqrs, butter, lfilter_zi, local_peaks, upsample
     from synthgen.io.shards import read_shards, signals
 
     ecgs = signals(read_shards(str(ptbxl_shards), split="test", columns=["signal"]))[:24]
@@ -51,6 +52,13 @@ def test_local_peaks_are_wfdbs_and_xqrs_finds_the_same_beats(ptbxl_shards) -> No
         np.testing.assert_array_equal(upsample(ecg[1], 5), resample_poly(ecg[1], 5, 1))
         np.testing.assert_array_equal(upsample(ecg[1].astype(np.float64), 5),
                                       resample_poly(ecg[1].astype(np.float64), 5, 1))
+    for band, fs in (([5, 20], 512), ([5, 20], 500), ([0.5, 40], 360)):
+        wn = [f * 2 / fs for f in band]
+        for mine, scipys in zip(butter(2, wn, "pass"), scipy.signal.butter(2, wn, "pass")):
+            np.testing.assert_array_equal(mine, scipys)
+        b, a = butter(2, wn, "pass")
+        np.testing.assert_array_equal(lfilter_zi(b, a), scipy.signal.lfilter_zi(b, a))
+        np.testing.assert_array_equal(lfilter_zi(b[::-1], [1]), scipy.signal.lfilter_zi(b[::-1], [1]))
     rng = np.random.default_rng(0)
     noise = [np.round(rng.normal(size=rng.integers(40, 2000)), 1) for _ in range(100)]
     for sig, radius in [(s, r) for s in leads for r in (25, 51)] + [(s, int(rng.integers(1, 40))) for s in noise]:
@@ -64,7 +72,8 @@ def test_local_peaks_are_wfdbs_and_xqrs_finds_the_same_beats(ptbxl_shards) -> No
     with pytest.raises(ZeroDivisionError), _fast_xqrs():  # wfdb's own functions come back, even after an error
         raise ZeroDivisionError
     assert wfdb_qrs.get_filter_gain is wfdb_basic.get_filter_gain and wfdb_qrs.normalize is wfdb_basic.normalize
-    assert wfdb_qrs.find_local_peaks is find_local_peaks
+    assert wfdb_qrs.find_local_peaks is find_local_peaks and wfdb_qrs.signal is scipy.signal
+    assert _signaltools.lfilter_zi is scipy.signal.lfilter_zi
 
 
 def test_a_clean_synthetic_beat_train_passes() -> None:

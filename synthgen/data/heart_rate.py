@@ -10,9 +10,10 @@ maximum (tested equal to wfdb's on real and random signals, ties included), and 
 ``hr_from_signal`` runs: the same heart rates, and the whole plausibility check 48 → 4.8 ms per ECG on one core
 of the 2-core machine (docs/benchmarks.md, "generate"). That matters because every generated ECG is checked
 (synthgen.data.plausibility), and at 1–2 sampling steps the check would otherwise cost more than the sampling.
-The filters that are the same for every ECG are designed once (the upsampling FIR, XQRS's filter gains), and
-XQRS's ``normalize`` skips ``np.linalg.norm``'s argument handling: bit-identical heart rates, and the check
-~4.4 → ~3.6 ms per ECG (medians, A/B alternated; docs/benchmarks.md, "End to end").
+The filters that are the same for every ECG are designed once (the upsampling FIR, XQRS's filter gains, its
+band-pass Butterworth and ``filtfilt``'s initial states), and XQRS's ``normalize`` skips ``np.linalg.norm``'s
+argument handling: bit-identical heart rates, and the check ~4.4 → ~3.6 ms per ECG, then 2.90 → 1.88 (medians,
+A/B alternated; docs/benchmarks.md, "End to end").
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import functools
 from collections.abc import Iterator
 
 import numpy as np
+import scipy.signal
 from scipy.ndimage import maximum_filter1d
+from scipy.signal import _signaltools
 from scipy.signal import firwin, resample_poly
 from wfdb import processing
 from wfdb.processing import basic as wfdb_basic
@@ -86,6 +89,46 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.sqrt(np.dot(x, x))
 
 
+@functools.lru_cache(maxsize=16)
+def _butter(order: int, band: tuple[float, ...], btype: str) -> tuple[np.ndarray, np.ndarray]:
+    b, a = scipy.signal.butter(order, list(band), btype)
+    b.flags.writeable = a.flags.writeable = False  # shared by every call
+    return b, a
+
+
+def butter(order: int, band: list[float], btype: str) -> tuple[np.ndarray, np.ndarray]:
+    """``scipy.signal.butter(order, band, btype)`` (XQRS's band-pass, the same 2nd-order 5–20 Hz filter for every
+    lead at one rate) designed once: its zpk → tf conversion is ~15 % of the check's time."""
+    return _butter(int(order), tuple(float(f) for f in band), str(btype))
+
+
+@functools.lru_cache(maxsize=16)
+def _lfilter_zi(b: bytes, a: bytes) -> np.ndarray:
+    zi = _ORIGINAL_LFILTER_ZI(np.frombuffer(b), np.frombuffer(a))
+    zi.flags.writeable = False  # shared by every call
+    return zi
+
+
+_ORIGINAL_LFILTER_ZI = _signaltools.lfilter_zi
+
+
+def lfilter_zi(b: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``scipy.signal.lfilter_zi`` memoised on the coefficients: ``filtfilt`` solves for it on every call, and
+    XQRS filters every lead with the same two filters (its band-pass and its 0.1 s Ricker wavelet, whose 50
+    states make the solve ~10 % of the check)."""
+    return _lfilter_zi(np.asarray(b, np.float64).tobytes(), np.asarray(a, np.float64).tobytes())
+
+
+class _Signal:
+    """``scipy.signal`` with the memoised ``butter``: XQRS calls ``signal.butter`` and ``signal.filtfilt`` through
+    its module's ``signal``, which this stands in for inside ``_fast_xqrs``."""
+
+    butter = staticmethod(butter)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(scipy.signal, name)
+
+
 @functools.lru_cache(maxsize=8)
 def _upsampling_filter(up: int) -> np.ndarray:
     """The FIR filter ``resample_poly(x, up, 1)`` designs on every call (its defaults: Kaiser β 5, 20·up + 1 taps;
@@ -105,17 +148,22 @@ def upsample(x: np.ndarray, up: int) -> np.ndarray:
 
 @contextlib.contextmanager
 def _fast_xqrs() -> Iterator[None]:
-    """XQRS (which looks these up in its module) uses ``local_peaks``, ``filter_gain`` and ``normalize`` inside
-    this block: the same detections, a fraction of the Python overhead."""
-    patched = {"find_local_peaks": local_peaks, "get_filter_gain": filter_gain, "normalize": normalize}
-    original = {name: getattr(wfdb_qrs, name) for name in patched}
+    """XQRS (which looks these up in its module) uses ``local_peaks``, ``filter_gain``, ``normalize`` and the
+    memoised ``butter`` inside this block, and scipy's ``filtfilt`` (which looks it up in its module) the memoised
+    ``lfilter_zi``: the same detections, a fraction of the Python overhead."""
+    patches = [(wfdb_qrs, {"find_local_peaks": local_peaks, "get_filter_gain": filter_gain, "normalize": normalize,
+                           "signal": _Signal()}),
+               (_signaltools, {"lfilter_zi": lfilter_zi})]
+    original = [(module, {name: getattr(module, name) for name in names}) for module, names in patches]
     try:
-        for name, fn in patched.items():
-            setattr(wfdb_qrs, name, fn)
+        for module, names in patches:
+            for name, fn in names.items():
+                setattr(module, name, fn)
         yield
     finally:
-        for name, fn in original.items():
-            setattr(wfdb_qrs, name, fn)
+        for module, names in original:
+            for name, fn in names.items():
+                setattr(module, name, fn)
 
 
 def hr_from_signal(signal: np.ndarray, fs: float) -> float | None:

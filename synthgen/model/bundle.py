@@ -41,7 +41,7 @@ class Bundle:
     config: dict[str, Any]
     model_hash: str
     url: str
-    student: UNet1D | None = None  # the distilled few-step U-Net (same architecture as ``unet``), if any
+    student: UNet1D | None = None  # the distilled few-step U-Net (``unet``'s architecture or narrower), if any
     tiny_decoder: Decoder | None = None  # a narrower decoder of the same latents (``ECGPipeline(decoder="tiny")``)
 
 
@@ -103,7 +103,12 @@ def load_bundle(url: str | None = None, storage_options: StorageOptions = None) 
     if unet.cfg.cond_dim != embedder["dim"]:
         raise InputError(f"{url}/{CONFIG_FILE}: unet.cond_dim {unet.cfg.cond_dim} != embedder.dim "
                          f"{embedder['dim']}")
-    student = UNet1D(unet.cfg) if "student" in config else None
+    student = None
+    if "student" in config:  # a student of another width says so (``student.model``); older ones are the U-Net's
+        model = config["student"].get("model") if isinstance(config["student"], dict) else None
+        student = UNet1D(unet.cfg if model is None else _config_for(UNetConfig, model, "student.model", url))
+        if (student.cfg.in_channels, student.cfg.cond_dim) != (unet.cfg.in_channels, unet.cfg.cond_dim):
+            raise InputError(f"{url}/{CONFIG_FILE}: 'student.model' must have the U-Net's in_channels and cond_dim")
     tiny = config.get("tiny_decoder")
     tiny_decoder = None
     if tiny is not None:

@@ -81,6 +81,33 @@ def student_sample(student: torch.nn.Module, scheduler: Any, steps: int, z: torc
     return consistency_output(scheduler, student(x, t, *cond), x, t, prediction_type)
 
 
+@torch.no_grad()
+def trajectory_points(student: torch.nn.Module, scheduler: Any, step_counts: tuple[int, ...], z: torch.Tensor,
+                      cond: tuple[torch.Tensor, ...], prediction_type: str,
+                      generator: torch.Generator | list[torch.Generator] | None = None
+                      ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Every point (x_t (B, C, L), t (B,), f(x_t, t) (B, C, L)) at which the "lcm" sampler calls ``student`` when
+    it samples from noise ``z`` in each of ``step_counts`` steps, with f its consistency output there: the
+    regression targets for a cheaper student (``train distill --method regress``). The first point, (z, T), is
+    shared by every step count and listed once; ``generator`` re-noises between steps as the sampler does."""
+    points, first = [], {}  # first: the student's output at (z, t) for a first timestep t already visited
+    for steps in step_counts:
+        scheduler.set_timesteps(steps, device=z.device)
+        x = z
+        for i, t in enumerate(scheduler.timesteps):
+            tb = t.to(z.device).expand(len(x))
+            if i == 0 and int(t) in first:
+                out = first[int(t)]
+            else:
+                out = student(x, tb, *cond)
+                points.append((x, tb, consistency_output(scheduler, out, x, tb, prediction_type)))
+                if i == 0:
+                    first[int(t)] = out
+            if i < steps - 1:
+                x = scheduler.step(out, t, x, generator=generator).prev_sample
+    return points
+
+
 def consistency_output(scheduler: Any, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
                        prediction_type: str) -> torch.Tensor:
     """f(x, t) = c_skip(t)·x + c_out(t)·x̂₀ for a batch with per-sample timesteps ``t`` (B,), using the

@@ -16,14 +16,24 @@ one-step samples to the teacher's instead. Per step: ``fake_updates`` updates of
 copy of the teacher) on the student's own samples, then one student update along the difference of the fake
 score and the teacher's guided, Epsilon-Scaled score at a noised copy of its samples.
 
+``regress`` — a narrower student (the U-Net at ``RegressConfig.base_channels``, from scratch) regressed onto
+the bundle's student wherever the "lcm" sampler calls it: at every point of its 1- and 2-step trajectories from
+fresh noise (``model.consistency.trajectory_points``), its consistency output is the target, MSE in latent space —
+Luhman & Luhman's knowledge distillation of an iterative sampler (2021), here of a few-step student into a
+cheaper one, for CPU speed. Each worker draws its pool of points when it starts (like the tiny decoder's), an
+epoch is one pass over it; ``dmd`` can refine the result like any student.
+
 Kept weights: ``lcd`` chooses, as in stage 2, by the ``sample_score`` of ECGs its target network makes for fixed
 validation conditions (the mean over ``DistillConfig.select_steps``); ``dmd`` keeps its final weights (the score
-does not see the variety it improves; ``DMDConfig``). The export is a bundle = teacher + ``student.safetensors``.
+does not see the variety it improves; ``DMDConfig``); ``regress`` the lowest MSE on validation conditions'
+points. The export is a bundle = teacher + ``student.safetensors``.
 """
 from __future__ import annotations
 
 import copy
+import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -39,7 +49,8 @@ from synthgen.io.paths import check_writable, join, resolve
 from synthgen.io.shards import SUMMARY, read_shards, read_summary
 from synthgen.model.bundle import Bundle, load_bundle, save_bundle
 from synthgen.model.consistency import (MAX_STUDENT_STEPS, consistency_output, pseudo_huber, student_sample,
-                                        scaled_x0_and_eps, solver_timesteps, teacher_ddim_step, x0_and_eps)
+                                        scaled_x0_and_eps, solver_timesteps, teacher_ddim_step,
+                                        trajectory_points, x0_and_eps)
 from synthgen.model.distribution_matching import dmd_gradient, dmd_loss
 from synthgen.model.schedulers import EpsScale, make_scheduler
 from synthgen.model.unet import UNet1D, UNetConfig
@@ -48,13 +59,16 @@ from synthgen.pipeline import ECGPipeline
 from synthgen.train.datasets import iter_numpy
 from synthgen.train.diffusion_stage import EMA, check_metrics, drop_conditions, score_samplers
 from synthgen.train.loop import fit, mean_over_workers, optimizer_step, seed_worker, shuffle_seed, unwrap
-from synthgen.train.presets import DistillConfig, DMDConfig, TrainConfig, get_preset
+from synthgen.train.presets import DistillConfig, DMDConfig, RegressConfig, TrainConfig, get_preset
 from synthgen.train.run import CONDITION_COLUMNS, _final_state, _trainer, check_conditions, fill_embedding_cache
 
 DISTILLED = "distilled"  # the exported bundle's folder under --out
 SAMPLER = "lcm"
 METHODS = {"lcd": "latent consistency distillation (Luo et al. 2023)",
-           "dmd": "distribution matching distillation (Yin et al. 2024; DMD2's two time-scale updates)"}
+           "dmd": "distribution matching distillation (Yin et al. 2024; DMD2's two time-scale updates)",
+           "regress": "regression onto the student's sampling trajectories, into a narrower U-Net (knowledge "
+                      "distillation, Luhman & Luhman 2021)"}
+CONFIG_FIELD = {"lcd": "distill", "dmd": "dmd", "regress": "regress"}  # the method's settings in TrainConfig
 TIMESTEP_SCALING = 10.0  # diffusers' LCMScheduler default, used by training and sampling alike
 
 
@@ -90,13 +104,14 @@ def _conditions(batch: dict, embedder: Any, device: torch.device, dropout: Train
     return text, text_present.to(device), patient, present.to(device)
 
 
-def _sample_checks(pipeline: ECGPipeline, config: dict[str, Any], cfg: DistillConfig | DMDConfig
+def _sample_checks(pipeline: ECGPipeline, config: dict[str, Any], cfg: DistillConfig | DMDConfig | RegressConfig
                    ) -> dict[str, float]:
     """Sample scores of the student at ``cfg.sample_check_steps``; for lcd also ``select`` (the mean over its
-    ``select_steps``), which chooses the kept weights. dmd keeps its final weights (``DMDConfig``)."""
+    ``select_steps``), which chooses the kept weights. dmd keeps its final weights (``DMDConfig``), regress
+    chooses by its validation loss."""
     found = score_samplers(pipeline, [Condition(**c) for c in config["check_conditions"]],
-                           [(SAMPLER, s) for s in cfg.sample_check_steps], cfg.guidance)
-    if isinstance(cfg, DMDConfig):
+                           [(SAMPLER, s) for s in cfg.sample_check_steps], float(config["student"]["guidance"]))
+    if not isinstance(cfg, DistillConfig):
         return {k: v for k, v in check_metrics(found).items() if k != "select"}
     return check_metrics(found, [f"{SAMPLER}-{s}" for s in cfg.select_steps])
 
@@ -200,7 +215,7 @@ def dmd_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(tc.seed)
     device = ray.train.torch.get_device()
     vae, teacher = _frozen_models(config, device)
-    student = UNet1D(UNetConfig(**config["unet_model"]))
+    student = UNet1D(UNetConfig(**config["student_model"]))  # the teacher's architecture, or narrower (regress)
     student.load_state_dict(config["student_state"])
     student = student.to(device).train().requires_grad_(True)
     fake = copy.deepcopy(teacher).train().requires_grad_(True)
@@ -282,6 +297,94 @@ def dmd_worker(config: dict[str, Any]) -> None:
     )
 
 
+def regress_worker(config: dict[str, Any]) -> None:
+    """``--method regress`` on one Ray Train worker: draw the pool of trajectory points of the bundle's student
+    for this worker's training conditions (and ``val_n`` validation ones), then fit the narrow student to it."""
+    import ray.train
+    import ray.train.torch
+
+    tc = TrainConfig.from_dict(config["train"])
+    rc: RegressConfig = tc.regress
+    torch.manual_seed(tc.seed)
+    device = ray.train.torch.get_device()
+    vae, teacher = _frozen_models(config, device)
+    source = UNet1D(UNetConfig(**config["student_model"]))
+    source.load_state_dict(config["student_state"])
+    source = source.to(device).eval().requires_grad_(False)
+    student = UNet1D(UNetConfig(**config["regress_model"]))
+    optimizer = torch.optim.AdamW(student.parameters(), lr=rc.stage.lr, weight_decay=rc.stage.weight_decay)
+    student = ray.train.torch.prepare_model(student)
+    seed_worker(tc.seed)
+    generator = torch.Generator().manual_seed(tc.seed + ray.train.get_context().get_world_rank())
+    embedder = _worker_embedder(config)
+    pipeline = _pipeline(config, vae, teacher, unwrap(student), embedder, device)
+    prediction_type = pipeline.noise["prediction_type"]
+    scheduler = make_scheduler(SAMPLER, **pipeline.noise,
+                               original_inference_steps=config["student"]["original_inference_steps"])
+    dropout = replace(tc, p_uncond=0.0, p_drop_text=rc.p_drop_text, p_drop_feature=rc.p_drop_feature)
+
+    def pool(split: str, train: bool) -> dict[str, torch.Tensor]:
+        """Trajectory points of the source student: ``rc.copies`` noise draws per training condition (with
+        condition dropout), one per validation condition for the first ``rc.val_n``. Keys: x, t, target, and
+        the condition tensors' index ``c`` into ``cond`` (the conditions are stored once)."""
+        points, conds, n = [], [], 0
+        for batch in iter_numpy(ray.train.get_dataset_shard(split), 64, shuffle=False):
+            cond = _conditions(batch, embedder, device, dropout if train else None)
+            size = len(cond[0])
+            for _ in range(rc.copies if train else 1):
+                z = torch.randn(pipeline.latent_shape(size), generator=generator).to(device)
+                points += [(x, t, target, torch.arange(n, n + size)) for x, t, target in
+                           trajectory_points(source, scheduler, rc.steps, z, cond, prediction_type, generator)]
+            conds.append(cond)
+            n += size
+            if not train and n >= rc.val_n:
+                break
+        x, t, target, index = (torch.cat(column) for column in zip(*points))
+        keep = slice(None) if train else index < rc.val_n
+        return {"x": x[keep], "t": t[keep], "target": target[keep], "c": index[keep],
+                "cond": tuple(torch.cat(c) for c in zip(*conds))}
+
+    started = time.time()
+    train_pool, val_pool = pool("train", True), pool("val", False)
+    print(f"[distill] trajectory pool: {len(train_pool['x'])} training points, {len(val_pool['x'])} validation, "
+          f"{time.time() - started:.0f} s", flush=True)
+
+    def loss_on(net: torch.nn.Module, data: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        x, t = data["x"][idx], data["t"][idx]
+        cond = tuple(c[data["c"][idx]] for c in data["cond"])
+        pred = consistency_output(scheduler, net(x, t, *cond), x, t, prediction_type)
+        return torch.nn.functional.mse_loss(pred, data["target"][idx])
+
+    def batches(epoch: int) -> Iterator[dict]:
+        size = rc.stage.batch_size
+        order = torch.randperm(len(train_pool["x"]),
+                               generator=torch.Generator().manual_seed(shuffle_seed(tc.seed, epoch)))
+        for i in range(0, len(order) - size + 1, size):
+            yield {"idx": order[i:i + size]}
+
+    def train_step(batch: dict, epoch: int) -> float:
+        for group in optimizer.param_groups:  # cosine decay over the epochs
+            group["lr"] = rc.stage.lr * 0.5 * (1 + math.cos(math.pi * epoch / rc.stage.epochs))
+        return optimizer_step(loss_on(student, train_pool, batch["idx"]), student, optimizer)
+
+    @torch.no_grad()
+    def validate(epoch: int) -> dict[str, float]:
+        net = unwrap(student).eval()
+        try:
+            total = sum(float(loss_on(net, val_pool, idx)) * len(idx)
+                        for idx in torch.arange(len(val_pool["x"])).split(256))
+            val = mean_over_workers(total, len(val_pool["x"]))
+            metrics = {"val_mse": val, "select": val}
+            if (epoch + 1) % rc.sample_check_every and epoch + 1 != rc.stage.epochs:
+                return metrics
+            return {**metrics, **_sample_checks(pipeline, config, rc)}
+        finally:
+            net.train()
+
+    fit(name="distill", stage=rc.stage, stateful={"model": unwrap(student), "optimizer": optimizer},
+        best_source=unwrap(student), batches=batches, train_step=train_step, validate=validate)
+
+
 def _card(teacher_card: str, student: dict[str, Any], command: str) -> str:
     """The teacher bundle's model card with a section on the student appended."""
     t, teacher, g = student["training"], student["teacher"], student["guidance"]
@@ -296,12 +399,26 @@ def _card(teacher_card: str, student: dict[str, Any], command: str) -> str:
             "## Stage 3, refined: one-step student by Distribution Matching Distillation (Yin et al. 2024, DMD2)",
             f"- Teacher: `{teacher['model_hash']}`; real score: its guided prediction (guidance {g:g}) with Epsilon "
             f"Scaling {EpsScale.parse(teacher['real_eps_scale'])}, at t in {list(cfg['t_range'])}",
-            f"- Student: initialised from the bundle's student, made by {start['method']}; fake score: a copy of "
+            f"- Student: initialised from the bundle's student (U-Net base width {student['model']['base_channels']}), "
+            f"made by {start['method']}; fake score: a copy of "
             f"the teacher's U-Net trained on the student's samples, {cfg['fake_updates']} updates per student "
             f"update after {cfg['warmup_epochs']} warm-up epoch(s); sample with `--sampler lcm --steps 1` (or 2) "
             f"`--guidance {g:g}`; only one-step sampling is trained, and 4 steps give near-flat ECGs",
         ]
         kept = "kept the final student weights"
+    elif student["method"] == METHODS["regress"]:
+        start, width = student["initialised_from"], student["model"]["base_channels"]
+        head = [
+            "## Stage 3, narrowed: a cheaper student regressed onto the bundle's (knowledge distillation, Luhman & "
+            "Luhman 2021)",
+            f"- Teacher: `{teacher['model_hash']}`; source: its student (made by {start['method']}), guidance {g:g} "
+            "folded in",
+            f"- Student: the U-Net at base width {width}, from scratch, trained on the source's consistency outputs "
+            f"at every point of its {', '.join(str(k) for k in cfg['steps'])}-step trajectories ({cfg['copies']} "
+            f"noise draws per training condition; MSE in latent space); sample with `--sampler lcm --steps 1` (or "
+            f"2) `--guidance {g:g}`",
+        ]
+        kept = f"kept the weights with the lowest validation MSE ({t['best_val_mse']:.5f})"
     else:
         head = [
             "## Stage 3: few-step student (Latent Consistency Distillation, Luo et al. 2023)",
@@ -329,25 +446,31 @@ def _card(teacher_card: str, student: dict[str, Any], command: str) -> str:
     return teacher_card.rstrip() + "\n\n" + "\n".join(lines)
 
 
-def _student_info(method: str, cfg: DistillConfig | DMDConfig, bundle: Bundle, teacher: str | None) -> dict[str, Any]:
-    """What the bundle records about the student before training (``config.json: student``)."""
+def _student_info(method: str, cfg: DistillConfig | DMDConfig | RegressConfig, bundle: Bundle,
+                  teacher: str | None) -> dict[str, Any]:
+    """What the bundle records about the student before training (``config.json: student``), its architecture
+    (``model``, a UNetConfig) included."""
     noise = bundle.config["noise"]
-    info: dict[str, Any] = {"method": METHODS[method], "sampler": SAMPLER, "guidance": float(cfg.guidance),
+    start = bundle.config.get("student")
+    guidance = float(start["guidance"]) if isinstance(cfg, RegressConfig) else float(cfg.guidance)
+    info: dict[str, Any] = {"method": METHODS[method], "sampler": SAMPLER, "guidance": guidance,
                             "max_steps": MAX_STUDENT_STEPS, "timestep_scaling": TIMESTEP_SCALING,
                             "teacher": {"model_hash": bundle.model_hash, "url": teacher or "shipped"}}
     sampling = bundle.config.get("sampling", {}).get("eps_scale", {})
-    if isinstance(cfg, DMDConfig):
-        start = bundle.config["student"]
-        real_eps = cfg.real_eps_scale if cfg.real_eps_scale is not None else sampling.get("dpm++sde", 1.0)
-        info["teacher"]["real_eps_scale"] = str(EpsScale.parse(real_eps))
-        info.update(original_inference_steps=start["original_inference_steps"],
-                    initialised_from={k: start[k] for k in ("method", "teacher", "training", "scores")
-                                      if k in start})
-    else:
+    if isinstance(cfg, DistillConfig):
         eps_scale = cfg.teacher_eps_scale if cfg.teacher_eps_scale is not None else sampling.get("ddim", 1.0)
         info["teacher"].update(solver="ddim", k=noise["T"] // cfg.original_steps,
                                eps_scale=str(EpsScale.parse(eps_scale)))
-        info["original_inference_steps"] = cfg.original_steps
+        info.update(original_inference_steps=cfg.original_steps, model=asdict(bundle.unet.cfg))
+        return info
+    if isinstance(cfg, DMDConfig):
+        real_eps = cfg.real_eps_scale if cfg.real_eps_scale is not None else sampling.get("dpm++sde", 1.0)
+        info["teacher"]["real_eps_scale"] = str(EpsScale.parse(real_eps))
+        model = asdict(bundle.student.cfg)
+    else:
+        model = asdict(replace(bundle.student.cfg, base_channels=cfg.base_channels, norm_groups=cfg.norm_groups))
+    info.update(original_inference_steps=start["original_inference_steps"], model=model,
+                initialised_from={k: start[k] for k in ("method", "teacher", "training", "scores") if k in start})
     return info
 
 
@@ -356,14 +479,14 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
             storage_options: dict | None = None, epochs: int | None = None, batch_size: int | None = None,
             command: str = "") -> str:
     """Distil ``teacher`` (a bundle URL; None: the shipped model) on the training shards at ``data`` into
-    ``out``/distilled (teacher + student bundle) by ``method`` ("lcd" or "dmd", see the module docstring);
-    returns its URL. ``epochs``/``batch_size`` override the preset's (``DistillConfig.stage`` or
-    ``DMDConfig.stage``).
+    ``out``/distilled (teacher + student bundle) by ``method`` ("lcd", "dmd" or "regress", see the module
+    docstring); returns its URL. ``epochs``/``batch_size`` override the preset's (the method's ``stage``).
 
-    Resumable like the other stages: rerunning the same command continues from ``out``/checkpoints/distill,
-    and a finished run is not repeated. InputError for an unknown method, shards without a summary, a teacher
-    that is not v-prediction (ε says nothing about x₀ at the 1-step start ᾱ_T = 0), "dmd" on a teacher bundle
-    without a student, or an unwritable ``out``.
+    Resumable like the other stages: rerunning the same command continues from ``out``/checkpoints/distill
+    (distill-dmd, distill-regress), and a finished run is not repeated. InputError for an unknown method, shards
+    without a summary, a teacher that is not v-prediction (ε says nothing about x₀ at the 1-step start
+    ᾱ_T = 0), "dmd" or "regress" on a teacher bundle without a student, a regress width not narrower than the
+    student's, or an unwritable ``out``.
     """
     if method not in METHODS:
         raise InputError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
@@ -373,7 +496,7 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
     if (epochs is not None and epochs < 1) or (batch_size is not None and batch_size < 1):
         raise InputError(f"--epochs {epochs} / --batch-size {batch_size}: expected positive integers")
     tc = get_preset(preset, seed=seed)
-    field_name = "distill" if method == "lcd" else "dmd"
+    field_name = CONFIG_FIELD[method]
     cfg = getattr(tc, field_name)
     stage = replace(cfg.stage, **{k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v is not None})
     tc = replace(tc, **{field_name: replace(cfg, stage=stage)})
@@ -383,9 +506,15 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
     if noise.get("prediction_type", "epsilon") != "v_prediction":
         raise InputError(f"--teacher {bundle.url}: config.json noise.prediction_type is "
                          f"{noise.get('prediction_type', 'epsilon')!r}; distillation needs a 'v_prediction' teacher")
-    if method == "dmd" and bundle.student is None:
-        raise InputError(f"--teacher {bundle.url}: no distilled student to refine; --method dmd starts from one "
-                         "(run `synthgen train distill` first and pass its OUT/distilled)")
+    if method != "lcd" and bundle.student is None:
+        raise InputError(f"--teacher {bundle.url}: no distilled student to start from; --method {method} needs "
+                         "one (run `synthgen train distill` first and pass its OUT/distilled)")
+    if method == "regress" and not (cfg.base_channels < bundle.student.cfg.base_channels
+                                    and cfg.base_channels % cfg.norm_groups == 0 and cfg.steps
+                                    and all(1 <= k <= MAX_STUDENT_STEPS for k in cfg.steps)):
+        raise InputError(f"preset {preset!r}: regress needs a base width narrower than the student's "
+                         f"({bundle.student.cfg.base_channels}) and divisible by norm_groups, and steps in "
+                         f"1..{MAX_STUDENT_STEPS}; got {cfg.base_channels}, {cfg.norm_groups} and {list(cfg.steps)}")
     if method == "dmd" and not (cfg.fake_updates >= 1 and 0 <= cfg.t_range[0] <= cfg.t_range[1] < noise["T"]
                                 and 0 < len(cfg.student_steps) and all(1 <= k <= MAX_STUDENT_STEPS
                                                                         for k in cfg.student_steps)):
@@ -413,7 +542,7 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
 
         gpu = gpu_budget(ray, gpu) > 0
         # the teacher's normalisation, not the data's; dmd needs no validation ECGs (its checks sample)
-        datasets = split_datasets(data, ("train", "val") if method == "lcd" else ("train",),
+        datasets = split_datasets(data, ("train",) if method == "dmd" else ("train", "val"),
                                   PatientStats.from_dict(bundle.config["patient_stats"]), storage_options)
         config = {"train": tc.to_dict(), "vae_model": bundle.config["vae"], "vae_state": bundle.vae.state_dict(),
                   "unet_model": bundle.config["unet"], "unet_state": bundle.unet.state_dict(),
@@ -421,28 +550,32 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
                   "embedder": emb.name, "storage_options": storage_options,
                   "cache": fill_embedding_cache(conditions_table, emb, out, storage_options, "distill"),
                   "patient_stats": bundle.config["patient_stats"], "check_conditions": checks}
-        if method == "dmd":
-            config["student_state"] = bundle.student.state_dict()
-        worker = distill_worker if method == "lcd" else dmd_worker
-        # one checkpoint folder per method: a killed run of one cannot be resumed as the other
-        trainer = _trainer(worker, config, "distill" if method == "lcd" else "distill-dmd", out, workers, gpu,
+        if method != "lcd":
+            config.update(student_state=bundle.student.state_dict(), student_model=asdict(bundle.student.cfg),
+                          regress_model=student_info["model"])
+        worker = {"lcd": distill_worker, "dmd": dmd_worker, "regress": regress_worker}[method]
+        # one checkpoint folder per method: a killed run of one cannot be resumed as another
+        trainer = _trainer(worker, config, "distill" if method == "lcd" else f"distill-{method}", out, workers, gpu,
                            datasets, storage_options)
         state = _final_state(trainer.fit())
     seconds = round(time.time() - started, 1)
-    student = UNet1D(bundle.unet.cfg)
-    student.load_state_dict(state["best"] if method == "lcd" else state["model"])
+    student = UNet1D(UNetConfig(**student_info["model"]))
+    student.load_state_dict(state["model"] if method == "dmd" else state["best"])
     student.eval()
     pipeline = ECGPipeline(Bundle(bundle.vae, bundle.unet, {**bundle.config, "student": student_info},
                                   bundle.model_hash, bundle.url, student=student), embedder=emb)
     conditions = [Condition(**c) for c in checks]
     progress = state["progress"]
-    kept_epoch = progress["best_epoch"] + 1 if method == "lcd" else progress["epoch"]
+    kept_epoch = progress["epoch"] if method == "dmd" else progress["best_epoch"] + 1
     student_info.update(
-        scores=score_samplers(pipeline, conditions, [(SAMPLER, s) for s in cfg.sample_check_steps], cfg.guidance),
-        teacher_scores=score_samplers(pipeline, conditions, list(cfg.teacher_reference), cfg.guidance),
+        scores=score_samplers(pipeline, conditions, [(SAMPLER, s) for s in cfg.sample_check_steps],
+                              student_info["guidance"]),
+        teacher_scores=score_samplers(pipeline, conditions, list(cfg.teacher_reference), student_info["guidance"]),
         training={"preset": tc.preset, "config": asdict(cfg), "data": data, "dataset": dataset_info,
                   "steps": progress["global_step"], "resumed_at_steps": progress["resumed_at"],
-                  "best_epoch": kept_epoch, **({"best_sample_score": progress["best_val"]} if method == "lcd" else {}),
+                  "best_epoch": kept_epoch,
+                  **({"best_sample_score": progress["best_val"]} if method == "lcd" else
+                     {"best_val_mse": progress["best_val"]} if method == "regress" else {}),
                   "check_n": len(conditions), "ranks": progress["ranks"], "workers": workers, "gpu": gpu,
                   "torch": torch.__version__, "seconds": seconds})
     config = {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")}

@@ -90,7 +90,7 @@ def tiny_decoder_worker(config: dict[str, Any]) -> None:
     generator = torch.Generator().manual_seed(tc.seed + ray.train.get_context().get_world_rank())
     embedder = None
     if config.get("student_state") is not None:
-        student = UNet1D(UNetConfig(**config["unet_model"]))
+        student = UNet1D(UNetConfig(**config["student_model"]))
         student.load_state_dict(config["student_state"])
         config = {**config, "student_net": student.to(device).eval().requires_grad_(False),
                   "latent_length": N_SAMPLES // 2 ** (len(vae.cfg.channel_mult) - 1),
@@ -211,7 +211,7 @@ def train_tiny_decoder(data: str, out: str, *, teacher: str | None = None, prese
         if bundle.student is not None:  # the student's samples need its prompt embeddings
             emb = get_embedder(bundle.config["embedder"]["name"], cache=cache, storage_options=storage_options)
             conditions_table = read_shards(data, columns=CONDITION_COLUMNS, storage_options=storage_options)
-            config.update(student_state=bundle.student.state_dict(), unet_model=bundle.config["unet"],
+            config.update(student_state=bundle.student.state_dict(), student_model=asdict(bundle.student.cfg),
                           embedder=emb.name, cache=fill_embedding_cache(conditions_table, emb, out, storage_options,
                                                                         "tiny-decoder"))
         gpu = gpu_budget(ray, gpu) > 0
