@@ -378,7 +378,8 @@ def test_tiny_regress_makes_a_narrower_student(narrow, ptbxl_shards, tmp_path: P
     """The regressed student is the U-Net at the preset's width, recorded in the config (``student.model``) and
     loaded at it, closer to its source's samples than the same network untrained, with a card section; the
     teacher is kept, and it samples in 1 and 2 steps. A width not narrower than the student's (or not divisible
-    by its norm groups) is refused before Ray starts."""
+    by its norm groups), step counts the sampler does not take, no noise draw, or too little data for one batch
+    is refused before Ray starts."""
     from dataclasses import replace
 
     from synthgen.conditions.embedders import get_embedder
@@ -415,10 +416,15 @@ def test_tiny_regress_makes_a_narrower_student(narrow, ptbxl_shards, tmp_path: P
         assert ecg.shape == (2, 12, 1024) and np.isfinite(ecg).all()
 
     tiny = get_preset("tiny")
-    for base, groups in ((16, 4), (6, 4)):  # not narrower than the student's 16; not divisible by its groups
-        bad = replace(tiny, regress=replace(tiny.regress, base_channels=base, norm_groups=groups))
+    for change, message in (
+            (dict(base_channels=16), r"regress.base_channels 16 must be narrower than the student's 16"),
+            (dict(base_channels=6), r"regress.base_channels 6 .* divisible by regress.norm_groups 4"),
+            (dict(base_channels=4, norm_groups=1, steps=(1, 5)), r"regress.steps must be in 1..4"),
+            (dict(copies=0), r"regress.copies and regress.val_n >= 1; got \[1, 2\], 0 and 16"),
+            (dict(stage=replace(tiny.regress.stage, batch_size=100_000)), r"expected at least one batch")):
+        bad = replace(tiny, regress=replace(tiny.regress, **change))
         monkeypatch.setattr(distill_stage, "get_preset", lambda name, seed, bad=bad: bad)
-        with pytest.raises(InputError, match="regress needs a base width narrower than the student's"):
+        with pytest.raises(InputError, match=message):
             distill_stage.distill(str(ptbxl_shards), str(tmp_path / "bad"), teacher=str(teacher), method="regress",
                                   preset="tiny")
     assert not (tmp_path / "bad").exists()
@@ -431,6 +437,7 @@ def test_tiny_dmd_refines_the_narrow_student_and_records_where_it_started(narrow
     it was made; the student samples in one step."""
     from synthgen.conditions.embedders import get_embedder
 
+    assert narrow[2].returncode == 0, narrow[2].stdout[-3000:] + narrow[2].stderr[-3000:]
     teacher, out = narrow[1] / "distilled", tmp_path / "run"
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
     args = [*SYNTHGEN, "train", "distill", "--data", str(ptbxl_shards), "--out", str(out), "--teacher", str(teacher),

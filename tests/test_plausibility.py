@@ -57,8 +57,13 @@ def test_local_peaks_are_wfdbs_and_xqrs_finds_the_same_beats(ptbxl_shards) -> No
         for mine, scipys in zip(butter(2, wn, "pass"), scipy.signal.butter(2, wn, "pass")):
             np.testing.assert_array_equal(mine, scipys)
         b, a = butter(2, wn, "pass")
-        np.testing.assert_array_equal(lfilter_zi(b, a), scipy.signal.lfilter_zi(b, a))
-        np.testing.assert_array_equal(lfilter_zi(b[::-1], [1]), scipy.signal.lfilter_zi(b[::-1], [1]))
+        for bb, aa in ((b, a), (b[::-1], [1]), (b.astype(np.float32), a.astype(np.float32))):
+            mine, scipys = lfilter_zi(bb, aa), scipy.signal.lfilter_zi(bb, aa)
+            np.testing.assert_array_equal(mine, scipys)
+            assert mine.dtype == scipys.dtype
+    np.testing.assert_array_equal(butter(4, 0.2), scipy.signal.butter(4, 0.2))  # other calls: scipy's own
+    with pytest.raises(ValueError):  # as scipy refuses a 2-D numerator
+        lfilter_zi(np.ones((2, 3)), [1.0])
     rng = np.random.default_rng(0)
     noise = [np.round(rng.normal(size=rng.integers(40, 2000)), 1) for _ in range(100)]
     for sig, radius in [(s, r) for s in leads for r in (25, 51)] + [(s, int(rng.integers(1, 40))) for s in noise]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -96,10 +97,13 @@ def _butter(order: int, band: tuple[float, ...], btype: str) -> tuple[np.ndarray
     return b, a
 
 
-def butter(order: int, band: list[float], btype: str) -> tuple[np.ndarray, np.ndarray]:
-    """``scipy.signal.butter(order, band, btype)`` (XQRS's band-pass, the same 2nd-order 5–20 Hz filter for every
-    lead at one rate) designed once: its zpk → tf conversion is ~15 % of the check's time."""
-    return _butter(int(order), tuple(float(f) for f in band), str(btype))
+def butter(N: int, Wn: object, btype: str = "low", **kwargs: object) -> object:
+    """``scipy.signal.butter``, designed once for XQRS's call (``butter(2, [lo, hi], "pass")``: the same 5–20 Hz
+    band-pass for every lead at one rate; its zpk → tf conversion is ~15 % of the check's time); any other call
+    goes to scipy as it is."""
+    if kwargs or np.ndim(Wn) != 1:
+        return scipy.signal.butter(N, Wn, btype, **kwargs)
+    return _butter(int(N), tuple(float(f) for f in Wn), str(btype))
 
 
 @functools.lru_cache(maxsize=16)
@@ -112,11 +116,14 @@ def _lfilter_zi(b: bytes, a: bytes) -> np.ndarray:
 _ORIGINAL_LFILTER_ZI = _signaltools.lfilter_zi
 
 
-def lfilter_zi(b: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """``scipy.signal.lfilter_zi`` memoised on the coefficients: ``filtfilt`` solves for it on every call, and
-    XQRS filters every lead with the same two filters (its band-pass and its 0.1 s Ricker wavelet, whose 50
-    states make the solve ~10 % of the check)."""
-    return _lfilter_zi(np.asarray(b, np.float64).tobytes(), np.asarray(a, np.float64).tobytes())
+def lfilter_zi(b: object, a: object) -> np.ndarray:
+    """``scipy.signal.lfilter_zi`` memoised on the coefficients for 1-D float64 or integer ones (XQRS's: its
+    band-pass and its 0.1 s Ricker wavelet over ``[1]``, whose 50 states make the solve ~10 % of the check, on
+    every lead); any other input goes to scipy as it is (float32 stays float32, 2-D is refused)."""
+    b, a = np.asarray(b), np.asarray(a)
+    if not (b.ndim == a.ndim == 1 and all(d == np.float64 or d.kind in "iu" for d in (b.dtype, a.dtype))):
+        return _ORIGINAL_LFILTER_ZI(b, a)
+    return _lfilter_zi(b.astype(np.float64).tobytes(), a.astype(np.float64).tobytes())
 
 
 class _Signal:
@@ -146,24 +153,29 @@ def upsample(x: np.ndarray, up: int) -> np.ndarray:
     return resample_poly(x, up, 1, window=taps)
 
 
+_PATCH_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _fast_xqrs() -> Iterator[None]:
     """XQRS (which looks these up in its module) uses ``local_peaks``, ``filter_gain``, ``normalize`` and the
     memoised ``butter`` inside this block, and scipy's ``filtfilt`` (which looks it up in its module) the memoised
-    ``lfilter_zi``: the same detections, a fraction of the Python overhead."""
+    ``lfilter_zi``: the same detections, a fraction of the Python overhead. One thread at a time (a lock): the
+    patches are module attributes, and interleaved blocks would restore each other's."""
     patches = [(wfdb_qrs, {"find_local_peaks": local_peaks, "get_filter_gain": filter_gain, "normalize": normalize,
                            "signal": _Signal()}),
                (_signaltools, {"lfilter_zi": lfilter_zi})]
-    original = [(module, {name: getattr(module, name) for name in names}) for module, names in patches]
-    try:
-        for module, names in patches:
-            for name, fn in names.items():
-                setattr(module, name, fn)
-        yield
-    finally:
-        for module, names in original:
-            for name, fn in names.items():
-                setattr(module, name, fn)
+    with _PATCH_LOCK:
+        original = [(module, {name: getattr(module, name) for name in names}) for module, names in patches]
+        try:
+            for module, names in patches:
+                for name, fn in names.items():
+                    setattr(module, name, fn)
+            yield
+        finally:
+            for module, names in original:
+                for name, fn in names.items():
+                    setattr(module, name, fn)
 
 
 def hr_from_signal(signal: np.ndarray, fs: float) -> float | None:

@@ -41,7 +41,7 @@ class GenerateConfig:
     steps: int | None = None  # None: the sampler's default (schedulers.DEFAULT_STEPS), resolved on construction
     guidance: float = 2.0
     seed: int = 0
-    batch_size: int = 128  # one-thread CPU actors: 2.53 → 2.16 ms per student ECG against 32 (docs/benchmarks.md)
+    batch_size: int = 128  # one-thread CPU actors: 2.38 → 2.17 ms per student ECG against 32 (docs/benchmarks.md)
     actors: int | None = None
     shard_size: int | None = None  # None: ``auto_shard_size`` of the run's total
     output_format: str = "parquet"

@@ -17,7 +17,7 @@ the exact weights and settings that produced a sample.
 from __future__ import annotations
 
 import importlib.resources
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from synthgen.errors import InputError
@@ -59,7 +59,10 @@ def save_bundle(url: str, vae: VAE, unet: UNet1D, config: dict[str, Any], card: 
                 tiny_decoder: Decoder | None = None) -> str:
     """Write a bundle into directory ``url``; returns the model hash. ``config`` holds the contract's keys
     (vae, unet, latent_scale, embedder, patient_stats, noise, data_fingerprint, training), "student" when
-    ``student`` is given and "tiny_decoder" ({"model": its VAEConfig, ...}) when ``tiny_decoder`` is."""
+    ``student`` is given (its ``model``, the student's UNetConfig, is set here) and "tiny_decoder" ({"model": its
+    VAEConfig, ...}) when ``tiny_decoder`` is."""
+    if student is not None and isinstance(config.get("student"), dict):  # its architecture, which may be narrower
+        config = {**config, "student": {**config["student"], "model": asdict(student.cfg)}}
     modules = {WEIGHT_FILES["vae"]: vae, WEIGHT_FILES["unet"]: unet}
     for key, module in (("student", student), ("tiny_decoder", tiny_decoder)):
         if module is not None:
@@ -108,7 +111,9 @@ def load_bundle(url: str | None = None, storage_options: StorageOptions = None) 
         model = config["student"].get("model") if isinstance(config["student"], dict) else None
         student = UNet1D(unet.cfg if model is None else _config_for(UNetConfig, model, "student.model", url))
         if (student.cfg.in_channels, student.cfg.cond_dim) != (unet.cfg.in_channels, unet.cfg.cond_dim):
-            raise InputError(f"{url}/{CONFIG_FILE}: 'student.model' must have the U-Net's in_channels and cond_dim")
+            raise InputError(f"{url}/{CONFIG_FILE}: 'student.model' has in_channels {student.cfg.in_channels} and "
+                             f"cond_dim {student.cfg.cond_dim}; expected the U-Net's {unet.cfg.in_channels} and "
+                             f"{unet.cfg.cond_dim}")
     tiny = config.get("tiny_decoder")
     tiny_decoder = None
     if tiny is not None:

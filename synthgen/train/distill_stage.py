@@ -324,19 +324,19 @@ def regress_worker(config: dict[str, Any]) -> None:
     dropout = replace(tc, p_uncond=0.0, p_drop_text=rc.p_drop_text, p_drop_feature=rc.p_drop_feature)
 
     def pool(split: str, train: bool) -> dict[str, torch.Tensor]:
-        """Trajectory points of the source student: ``rc.copies`` noise draws per training condition (with
-        condition dropout), one per validation condition for the first ``rc.val_n``. Keys: x, t, target, and
-        the condition tensors' index ``c`` into ``cond`` (the conditions are stored once)."""
+        """Trajectory points of the source student: ``rc.copies`` noise draws per training condition (each with
+        its own condition dropout), one per validation condition for the first ``rc.val_n``. Keys: x, t, target,
+        and the condition tensors' index ``c`` into ``cond`` (stored once per draw, not per point)."""
         points, conds, n = [], [], 0
         for batch in iter_numpy(ray.train.get_dataset_shard(split), 64, shuffle=False):
-            cond = _conditions(batch, embedder, device, dropout if train else None)
-            size = len(cond[0])
-            for _ in range(rc.copies if train else 1):
+            for _ in range(rc.copies if train else 1):  # each draw its own condition dropout
+                cond = _conditions(batch, embedder, device, dropout if train else None)
+                size = len(cond[0])
                 z = torch.randn(pipeline.latent_shape(size), generator=generator).to(device)
                 points += [(x, t, target, torch.arange(n, n + size)) for x, t, target in
                            trajectory_points(source, scheduler, rc.steps, z, cond, prediction_type, generator)]
-            conds.append(cond)
-            n += size
+                conds.append(cond)
+                n += size
             if not train and n >= rc.val_n:
                 break
         x, t, target, index = (torch.cat(column) for column in zip(*points))
@@ -474,6 +474,28 @@ def _student_info(method: str, cfg: DistillConfig | DMDConfig | RegressConfig, b
     return info
 
 
+def _check_regress(cfg: RegressConfig, bundle: Bundle, preset: str, dataset_info: dict, workers: int,
+                   teacher: str | None) -> None:
+    """InputError (one line, naming the settings) for regress settings that cannot make a narrower student of
+    ``bundle``'s, or shards too small for one batch and one validation condition per worker."""
+    width, student = cfg.base_channels, bundle.student.cfg
+    heads_fit = all(width * m % student.heads == 0 for m in student.channel_mult)
+    if not (0 < width < student.base_channels and width % cfg.norm_groups == 0 and heads_fit):
+        raise InputError(f"preset {preset!r}: regress.base_channels {width} must be narrower than the student's "
+                         f"{student.base_channels} (--teacher {teacher or 'shipped'}), divisible by "
+                         f"regress.norm_groups {cfg.norm_groups}, and times each channel_mult divisible by the "
+                         f"{student.heads} attention heads")
+    if not (cfg.steps and all(1 <= k <= MAX_STUDENT_STEPS for k in cfg.steps) and cfg.copies >= 1
+            and cfg.val_n >= 1):
+        raise InputError(f"preset {preset!r}: regress.steps must be in 1..{MAX_STUDENT_STEPS}, regress.copies and "
+                         f"regress.val_n >= 1; got {list(cfg.steps)}, {cfg.copies} and {cfg.val_n}")
+    splits = dataset_info.get("splits", {})
+    if splits.get("train", 0) * cfg.copies < cfg.stage.batch_size * workers or splits.get("val", 0) < workers:
+        raise InputError(f"--data: {splits.get('train', 0)} training and {splits.get('val', 0)} validation ECGs; "
+                         f"expected at least one batch ({cfg.stage.batch_size} draws, {cfg.copies} per ECG) and one "
+                         f"validation ECG per worker ({workers}): lower --batch-size or --workers")
+
+
 def distill(data: str, out: str, *, teacher: str | None = None, method: str = "lcd", preset: str = "small",
             workers: int = 1, gpu: bool | None = None, cache: str | None = None, seed: int = 0,
             storage_options: dict | None = None, epochs: int | None = None, batch_size: int | None = None,
@@ -509,12 +531,8 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
     if method != "lcd" and bundle.student is None:
         raise InputError(f"--teacher {bundle.url}: no distilled student to start from; --method {method} needs "
                          "one (run `synthgen train distill` first and pass its OUT/distilled)")
-    if method == "regress" and not (cfg.base_channels < bundle.student.cfg.base_channels
-                                    and cfg.base_channels % cfg.norm_groups == 0 and cfg.steps
-                                    and all(1 <= k <= MAX_STUDENT_STEPS for k in cfg.steps)):
-        raise InputError(f"preset {preset!r}: regress needs a base width narrower than the student's "
-                         f"({bundle.student.cfg.base_channels}) and divisible by norm_groups, and steps in "
-                         f"1..{MAX_STUDENT_STEPS}; got {cfg.base_channels}, {cfg.norm_groups} and {list(cfg.steps)}")
+    if method == "regress":
+        _check_regress(cfg, bundle, preset, dataset_info, workers, teacher)
     if method == "dmd" and not (cfg.fake_updates >= 1 and 0 <= cfg.t_range[0] <= cfg.t_range[1] < noise["T"]
                                 and 0 < len(cfg.student_steps) and all(1 <= k <= MAX_STUDENT_STEPS
                                                                         for k in cfg.student_steps)):
@@ -551,8 +569,9 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
                   "cache": fill_embedding_cache(conditions_table, emb, out, storage_options, "distill"),
                   "patient_stats": bundle.config["patient_stats"], "check_conditions": checks}
         if method != "lcd":
-            config.update(student_state=bundle.student.state_dict(), student_model=asdict(bundle.student.cfg),
-                          regress_model=student_info["model"])
+            config.update(student_state=bundle.student.state_dict(), student_model=asdict(bundle.student.cfg))
+        if method == "regress":
+            config["regress_model"] = student_info["model"]
         worker = {"lcd": distill_worker, "dmd": dmd_worker, "regress": regress_worker}[method]
         # one checkpoint folder per method: a killed run of one cannot be resumed as another
         trainer = _trainer(worker, config, "distill" if method == "lcd" else f"distill-{method}", out, workers, gpu,
