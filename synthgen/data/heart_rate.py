@@ -26,8 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.signal
 from scipy.ndimage import maximum_filter1d
-from scipy.signal import _signaltools
-from scipy.signal import firwin, resample_poly
+from scipy.signal import _signaltools, firwin, resample_poly
 from wfdb import processing
 from wfdb.processing import basic as wfdb_basic
 from wfdb.processing import qrs as wfdb_qrs
@@ -106,14 +105,14 @@ def butter(N: int, Wn: object, btype: str = "low", **kwargs: object) -> object:
     return _butter(int(N), tuple(float(f) for f in Wn), str(btype))
 
 
+_ORIGINAL_LFILTER_ZI = _signaltools.lfilter_zi  # scipy's, which _fast_xqrs replaces in its module
+
+
 @functools.lru_cache(maxsize=16)
 def _lfilter_zi(b: bytes, a: bytes) -> np.ndarray:
     zi = _ORIGINAL_LFILTER_ZI(np.frombuffer(b), np.frombuffer(a))
     zi.flags.writeable = False  # shared by every call
     return zi
-
-
-_ORIGINAL_LFILTER_ZI = _signaltools.lfilter_zi
 
 
 def lfilter_zi(b: object, a: object) -> np.ndarray:
