@@ -19,7 +19,8 @@ from synthgen.errors import InputError
 from synthgen.model.bundle import load_bundle, save_bundle
 from synthgen.model.consistency import (consistency_output, student_sample, scaled_x0_and_eps, solver_timesteps,
                                         teacher_ddim_step, trajectory_points, x0_and_eps)
-from synthgen.model.distribution_matching import dmd_gradient, dmd_loss
+from synthgen.model.distribution_matching import (Discriminator, discriminator_loss, dmd_gradient, dmd_loss,
+                                                  generator_loss)
 from synthgen.model.schedulers import EpsScale, epsilon_scaling, make_scheduler
 from synthgen.model.unet import UNet1D
 from synthgen.model.vae import VAE
@@ -151,6 +152,41 @@ def test_dmd_loss_moves_samples_against_the_normalised_score_difference():
     weight = 1 / (x.detach() - x0_real).abs().mean(dim=(1, 2), keepdim=True)
     torch.testing.assert_close(gradient, (x0_fake - x0_real) * weight)
     assert torch.all(dmd_gradient(x.detach(), x0_real, x0_real) == 0)
+
+
+def test_the_gan_classifier_reads_the_fake_networks_bottleneck_and_learns_to_separate():
+    """DMD2's GAN term: the classifier sees the bottleneck of the fake network's last call (one logit per sample,
+    gradients reaching the input), its loss is 2 ln 2 at chance and falls as it separates two sets of latents
+    that differ, and the generator loss falls as the classifier calls fakes real."""
+    torch.manual_seed(0)
+    fake = UNet1D(tiny_unet_config(16))
+    d = Discriminator(fake)
+    cond = (torch.randn(8, 16), torch.ones(8, dtype=torch.bool), torch.zeros(8, 3), torch.ones(8, 3, dtype=torch.bool))
+    x = torch.randn(8, 4, 128, requires_grad=True)
+    fake(x, torch.full((8,), 100), *cond)
+    logits = d()
+    assert logits.shape == (8,)
+    logits.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="no call of the fake network"):
+        d()  # consumed: a classifier call needs a fake call of its own
+
+    zero = torch.zeros(4)
+    assert float(discriminator_loss(zero, zero)) == pytest.approx(2 * np.log(2))
+    assert float(generator_loss(torch.tensor([2.0]))) < float(generator_loss(torch.tensor([-2.0])))
+    optimizer = torch.optim.Adam(d.parameters(), lr=1e-2)
+    t = torch.full((8,), 100)
+    losses = []
+    for _ in range(30):
+        fake(torch.randn(8, 4, 128) * 0.2, t, *cond)
+        logits_fake = d()
+        fake(torch.randn(8, 4, 128) * 2.0, t, *cond)
+        loss = discriminator_loss(logits_fake, d())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[0] == pytest.approx(2 * np.log(2), abs=0.3) and losses[-1] < 0.5 * losses[0]
 
 
 @pytest.mark.parametrize("steps", [1, 2])
@@ -459,14 +495,17 @@ def test_tiny_dmd_refines_the_narrow_student_and_records_where_it_started(narrow
                                                      start.student.state_dict().values()))
     card = (out / "distilled" / "MODEL_CARD.md").read_text()
     assert "Distribution Matching Distillation" in card and "Stage 3, narrowed" in card
+    # the tiny preset keeps DMD2's GAN term on: its classifier's and generator's losses on the epoch line, the card
+    assert get_preset("tiny").dmd.gan_weight > 0 and " gan_d " in run.stdout and " gan_g " in run.stdout
+    assert "GAN term (DMD2)" in card
     ecg = ECGPipeline(bundle, get_embedder("local"))([Condition(("sinus rhythm",), 60, "F", 70)], seeds=[5],
                                                      sampler="lcm", steps=1)
     assert ecg.shape == (1, 12, 1024) and np.isfinite(ecg).all()
 
 
 def test_dmd_settings_outside_the_teachers_schedule_are_refused(ptbxl_shards, tmp_path: Path, monkeypatch):
-    """A DMD timestep range beyond the teacher's T, no fake-score update or a student step count the sampler does
-    not take is a one-line error before Ray starts."""
+    """A DMD timestep range beyond the teacher's T, no fake-score update, a student step count the sampler does
+    not take or a negative GAN weight is a one-line error before Ray starts."""
     from dataclasses import replace
 
     from synthgen.train import distill_stage
@@ -479,6 +518,12 @@ def test_dmd_settings_outside_the_teachers_schedule_are_refused(ptbxl_shards, tm
         monkeypatch.setattr(distill_stage, "get_preset", lambda name, seed, bad=bad: replace(tiny, dmd=bad))
         with pytest.raises(InputError, match=r"dmd needs fake_updates >= 1, 0 <= t_range\[0\] <= t_range\[1\] "
                                              r"< 1000 \(the teacher's T\) and student_steps in 1..4"):
+            distill_stage.distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="dmd",
+                                  preset="tiny")
+    for bad in (replace(tiny.dmd, gan_weight=-1.0), replace(tiny.dmd, gan_head_lr=0.0)):
+        monkeypatch.setattr(distill_stage, "get_preset", lambda name, seed, bad=bad: replace(tiny, dmd=bad))
+        with pytest.raises(InputError, match=r"dmd's GAN term needs gan_weight >= 0 \(0 = off\), gan_d_weight >= 0 "
+                                             r"and gan_head_lr > 0; got "):
             distill_stage.distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="dmd",
                                   preset="tiny")
     assert not (tmp_path / "run").exists()

@@ -14,11 +14,20 @@ diffusion network, the "fake" score, trained all along on the student's own samp
 (DMD eq. 7 and its normalisation, section 3.3). The student takes a step against it through the surrogate
 loss ½‖x − sg(x − ∇)‖², whose gradient in x is exactly ∇. DMD2 drops DMD's regression loss and keeps the fake
 score current with several fake updates per student update (the two time-scale update rule), as here.
+
+DMD2's GAN term (section 4.3) adds what the teacher's score cannot give — the real data: a small classifier
+(``Discriminator``) on the fake score network's bottleneck features tells noised real latents from noised
+student samples (the fake network and the classifier learn it with the fake score's diffusion loss), and the
+student also minimises the non-saturating generator loss softplus(−D) of its own noised samples.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
+from torch.nn import functional as F
+
+from synthgen.model.unet import UNet1D
 
 
 def dmd_gradient(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor) -> torch.Tensor:
@@ -34,3 +43,39 @@ def dmd_loss(x: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
     ``gradient`` / B, so the optimiser moves the student's samples against the KL gradient."""
     target = (x - gradient).detach()
     return 0.5 * torch.nn.functional.mse_loss(x, target, reduction="sum") / len(x)
+
+
+class Discriminator(nn.Module):
+    """DMD2's classifier head: (B, C, L) bottleneck features of the fake score network (``fake.mid``'s output,
+    kept by a forward hook on each call of ``fake``) -> (B,) logits, real > 0. A strided convolution and a mean
+    over time, so it sees the whole 10 s at the bottleneck's resolution."""
+
+    def __init__(self, fake: UNet1D):
+        super().__init__()
+        cfg = fake.cfg
+        ch = cfg.base_channels * cfg.channel_mult[-1]
+        self.head = nn.Sequential(nn.GroupNorm(cfg.norm_groups, ch), nn.SiLU(),
+                                  nn.Conv1d(ch, ch, 4, stride=2, padding=1), nn.GroupNorm(cfg.norm_groups, ch),
+                                  nn.SiLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(ch, 1))
+        self._features: torch.Tensor | None = None
+        fake.mid.register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        self._features = out
+
+    def forward(self) -> torch.Tensor:
+        """The logits of the features of ``fake``'s last call, which it consumes. RuntimeError without one."""
+        if self._features is None:
+            raise RuntimeError("Discriminator: no call of the fake network since the last classification")
+        features, self._features = self._features, None
+        return self.head(features).squeeze(1)
+
+
+def discriminator_loss(logits_fake: torch.Tensor, logits_real: torch.Tensor) -> torch.Tensor:
+    """softplus(D(fake)) + softplus(−D(real)), batch means: the classifier's logistic loss (2 ln 2 at chance)."""
+    return F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+
+
+def generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """The non-saturating GAN loss softplus(−D(fake)) (Goodfellow et al. 2014), batch mean."""
+    return F.softplus(-logits_fake).mean()

@@ -14,7 +14,9 @@ makes f the identity at t = 0. The student starts as a copy of the teacher's U-N
 student is only as good as the teacher's guided ODE, which loses variety; DMD matches the distribution of its
 one-step samples to the teacher's instead. Per step: ``fake_updates`` updates of a "fake" score network (a
 copy of the teacher) on the student's own samples, then one student update along the difference of the fake
-score and the teacher's guided, Epsilon-Scaled score at a noised copy of its samples.
+score and the teacher's guided, Epsilon-Scaled score at a noised copy of its samples. With DMD2's GAN term
+(``DMDConfig.gan_weight`` > 0) a classifier on the fake network's bottleneck learns, in the fake updates, to
+tell noised real training latents from noised student samples, and the student also minimises softplus(−D).
 
 ``regress`` — a narrower student (the U-Net at ``RegressConfig.base_channels``, from scratch) regressed onto
 the bundle's student wherever the "lcm" sampler calls it: at every point of its 1- and 2-step trajectories from
@@ -51,7 +53,8 @@ from synthgen.model.bundle import Bundle, load_bundle, save_bundle
 from synthgen.model.consistency import (MAX_STUDENT_STEPS, consistency_output, pseudo_huber, student_sample,
                                         scaled_x0_and_eps, solver_timesteps, teacher_ddim_step,
                                         trajectory_points, x0_and_eps)
-from synthgen.model.distribution_matching import dmd_gradient, dmd_loss
+from synthgen.model.distribution_matching import (Discriminator, discriminator_loss, dmd_gradient, dmd_loss,
+                                                  generator_loss)
 from synthgen.model.schedulers import EpsScale, make_scheduler
 from synthgen.model.unet import UNet1D, UNetConfig
 from synthgen.model.vae import VAE, VAEConfig
@@ -205,8 +208,9 @@ def distill_worker(config: dict[str, Any]) -> None:
 def dmd_worker(config: dict[str, Any]) -> None:
     """``--method dmd`` on one Ray Train worker: the student starts from the teacher bundle's one-step student,
     the fake score network from the teacher's U-Net. An epoch is one pass over the training split's conditions
-    (their ECGs are not used); the epoch line's train loss is the fake score's diffusion loss in the warm-up
-    epochs, then the distribution-matching surrogate ½‖∇‖² per sample."""
+    (their ECGs only as the GAN term's real data); the epoch line's train loss is the fake score's diffusion loss
+    in the warm-up epochs, then the student's loss (the surrogate ½‖∇‖² per sample, + the GAN term's), and
+    with the GAN term it also shows the epoch's mean classifier and generator losses (gan_d, gan_g)."""
     import ray.train
     import ray.train.torch
 
@@ -219,11 +223,15 @@ def dmd_worker(config: dict[str, Any]) -> None:
     student.load_state_dict(config["student_state"])
     student = student.to(device).train().requires_grad_(True)
     fake = copy.deepcopy(teacher).train().requires_grad_(True)
+    gan = Discriminator(fake).to(device).train() if dc.gan_weight > 0 else None
     # β₁ = 0 as in DMD2: the two networks chase each other, and momentum lags the moving target
     optimizer = torch.optim.AdamW(student.parameters(), lr=dc.stage.lr, betas=(0.0, 0.999),
                                   weight_decay=dc.stage.weight_decay)
-    fake_optimizer = torch.optim.AdamW(fake.parameters(), lr=dc.fake_lr, betas=(0.0, 0.999), weight_decay=0.0)
+    fake_optimizer = torch.optim.AdamW(
+        [{"params": fake.parameters()}, *([{"params": gan.parameters(), "lr": dc.gan_head_lr}] if gan else [])],
+        lr=dc.fake_lr, betas=(0.0, 0.999), weight_decay=0.0)
     student, fake = ray.train.torch.prepare_model(student), ray.train.torch.prepare_model(fake)
+    gan = ray.train.torch.prepare_model(gan) if gan is not None else None  # its gradients averaged like fake's
     seed_worker(tc.seed)
     embedder = _worker_embedder(config)
     pipeline = _pipeline(config, vae, teacher, unwrap(student), embedder, device)
@@ -236,11 +244,25 @@ def dmd_worker(config: dict[str, Any]) -> None:
     dropout = replace(tc, p_uncond=0.0, p_drop_text=dc.p_drop_text, p_drop_feature=dc.p_drop_feature)
     train_shard = ray.train.get_dataset_shard("train")
 
+    scale = float(config["latent_scale"])
+    gan_losses = {"d": [], "g": []}  # this epoch's, for the epoch line
+
+    def noised_at(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, ε): ``x`` noised to timestep ``t`` (B,) by the forward process."""
+        a, eps = alphas[t][:, None, None], torch.randn(x.shape).to(device)
+        return a.sqrt() * x + (1 - a).sqrt() * eps, eps
+
     def noised(x: torch.Tensor, low: int, high: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_t, t, ε) for a uniform timestep in [low, high) per sample."""
         t = torch.randint(low, high, (len(x),)).to(device)
-        a, eps = alphas[t][:, None, None], torch.randn(x.shape).to(device)
-        return a.sqrt() * x + (1 - a).sqrt() * eps, t, eps
+        x_t, eps = noised_at(x, t)
+        return x_t, t, eps
+
+    @torch.no_grad()
+    def real_latents(batch: dict) -> torch.Tensor:
+        """Posterior samples of the batch's ECGs, scaled as the U-Net sees them (the GAN term's real data)."""
+        mu, logvar = vae.encode(torch.tensor(batch["signal"]).to(device))
+        return (mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape).to(device)) * scale
 
     def sample(cond: tuple) -> torch.Tensor:
         """The student's sample at a step count drawn from ``dc.student_steps``, differentiable in its last step."""
@@ -250,20 +272,42 @@ def dmd_worker(config: dict[str, Any]) -> None:
         z = torch.randn(pipeline.latent_shape(len(cond[0]))).to(device)
         return student_sample(student, scheduler, steps, z, cond, prediction_type)
 
-    def fake_step(cond: tuple) -> float:
-        """One diffusion-loss update of the fake score on fresh samples of the student."""
+    def fake_step(cond: tuple, real: torch.Tensor | None) -> float:
+        """One diffusion-loss update of the fake score on fresh samples of the student; with the GAN term, in the
+        same call, the classifier's update on those samples and the ``real`` latents, noised alike."""
         with torch.no_grad():
             x = sample(cond)
         x_t, t, eps = noised(x, 0, n_timesteps)
         a = alphas[t][:, None, None]
         v = a.sqrt() * eps - (1 - a).sqrt() * x  # distill() accepts v-prediction teachers only
-        return optimizer_step(torch.nn.functional.mse_loss(fake(x_t, t, *cond), v), fake, fake_optimizer)
+        if gan is None:
+            return optimizer_step(torch.nn.functional.mse_loss(fake(x_t, t, *cond), v), fake, fake_optimizer)
+        both = fake(torch.cat([x_t, noised_at(real, t)[0]]), t.repeat(2), *(torch.cat([c, c]) for c in cond))
+        logits = gan()
+        d_loss = discriminator_loss(logits[:len(x)], logits[len(x):])
+        gan_losses["d"].append(d_loss.item())
+        loss = torch.nn.functional.mse_loss(both[:len(x)], v) + dc.gan_d_weight * d_loss
+        return optimizer_step(loss, fake, fake_optimizer)
+
+    def gan_generator_loss(x: torch.Tensor, cond: tuple) -> torch.Tensor:
+        """softplus(−D) of the student's samples, noised; gradients reach the student only."""
+        net, head = unwrap(fake), unwrap(gan)  # not through DDP: nothing of theirs is updated here
+        net.requires_grad_(False), head.requires_grad_(False)
+        try:
+            x_t, t, _ = noised(x, 0, n_timesteps)
+            net(x_t, t, *cond)
+            loss = generator_loss(head())
+        finally:
+            net.requires_grad_(True), head.requires_grad_(True)
+        gan_losses["g"].append(loss.item())
+        return loss
 
     def train_step(batch: dict, epoch: int) -> float:
         cond = _conditions(batch, embedder, device, dropout)
+        real = real_latents(batch) if gan is not None else None
         warming_up = epoch < dc.warmup_epochs
         for _ in range(1 if warming_up else dc.fake_updates):
-            fake_loss = fake_step(cond)
+            fake_loss = fake_step(cond, real)
         if warming_up:
             return fake_loss
         x = sample(cond)
@@ -274,22 +318,30 @@ def dmd_worker(config: dict[str, Any]) -> None:
                                            prediction_type, real_eps.factors(t).to(device))
             x0_fake, _ = x0_and_eps(fake(x_t, t, *cond).float(), x_t, a, prediction_type)
             gradient = dmd_gradient(x, x0_real, x0_fake)
-        return optimizer_step(dmd_loss(x, gradient), student, optimizer)
+        loss = dmd_loss(x, gradient)
+        if gan is not None:
+            loss = loss + dc.gan_weight * gan_generator_loss(x, cond)
+        return optimizer_step(loss, student, optimizer)
 
     @torch.no_grad()
     def validate(epoch: int) -> dict[str, float]:
+        """The sample checks (every ``sample_check_every`` epochs) and, with the GAN term, the epoch's mean
+        classifier and generator losses (gan_d at 2 ln 2 ≈ 1.386 = the classifier at chance)."""
+        losses = {f"gan_{k}": sum(v) / len(v) for k, v in gan_losses.items() if v}
+        for v in gan_losses.values():
+            v.clear()
         unwrap(student).eval()
         try:
             if (epoch + 1) % dc.sample_check_every and epoch + 1 != dc.stage.epochs:
-                return {}
-            return _sample_checks(pipeline, config, dc)
+                return losses
+            return {**losses, **_sample_checks(pipeline, config, dc)}
         finally:
             unwrap(student).train()
 
     fit(
         name="distill", stage=dc.stage,
         stateful={"model": unwrap(student), "fake": unwrap(fake), "optimizer": optimizer,
-                  "fake_optimizer": fake_optimizer},
+                  "fake_optimizer": fake_optimizer, **({"discriminator": unwrap(gan)} if gan is not None else {})},
         best_source=unwrap(student),
         batches=lambda epoch: iter_numpy(train_shard, dc.stage.batch_size, shuffle=True,
                                           seed=shuffle_seed(tc.seed, epoch)),
@@ -405,6 +457,11 @@ def _card(teacher_card: str, student: dict[str, Any], command: str) -> str:
             f"update after {cfg['warmup_epochs']} warm-up epoch(s); sample with `--sampler lcm --steps 1` (or 2) "
             f"`--guidance {g:g}`; only one-step sampling is trained, and 4 steps give near-flat ECGs",
         ]
+        if cfg.get("gan_weight", 0) > 0:
+            head.append(f"- GAN term (DMD2): a classifier on the fake score's bottleneck tells noised training "
+                        f"latents from noised student samples (weight {cfg['gan_d_weight']:g} in the fake score's "
+                        f"loss, head lr {cfg['gan_head_lr']:g}); the student adds {cfg['gan_weight']:g} × "
+                        "softplus(−D) of its samples")
         kept = "kept the final student weights"
     elif student["method"] == METHODS["regress"]:
         start, width = student["initialised_from"], student["model"]["base_channels"]
@@ -539,6 +596,9 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
         raise InputError(f"preset {preset!r}: dmd needs fake_updates >= 1, 0 <= t_range[0] <= t_range[1] < "
                          f"{noise['T']} (the teacher's T) and student_steps in 1..{MAX_STUDENT_STEPS}; got "
                          f"{cfg.fake_updates}, {list(cfg.t_range)} and {list(cfg.student_steps)}")
+    if method == "dmd" and not (cfg.gan_weight >= 0 and cfg.gan_d_weight >= 0 and cfg.gan_head_lr > 0):
+        raise InputError(f"preset {preset!r}: dmd's GAN term needs gan_weight >= 0 (0 = off), gan_d_weight >= 0 and "
+                         f"gan_head_lr > 0; got {cfg.gan_weight}, {cfg.gan_d_weight} and {cfg.gan_head_lr}")
     fs_out, out_path = resolve(out, storage_options)
     url = join(out, DISTILLED)
     if fs_out.exists(f"{out_path}/{DISTILLED}/config.json"):
