@@ -25,6 +25,7 @@ from synthgen.model.schedulers import EpsScale, epsilon_scaling, make_scheduler
 from synthgen.model.unet import UNet1D
 from synthgen.model.vae import VAE
 from synthgen.pipeline import ECGPipeline
+from synthgen.train.loop import frozen
 from synthgen.train.presets import get_preset
 from test_model import TINY_VAE, single_thread, tiny_unet_config  # noqa: F401 (autouse fixture)
 from test_pipeline import CONDITIONS, HashEmbedder
@@ -170,6 +171,24 @@ def test_the_gan_classifier_reads_the_fake_networks_bottleneck_and_learns_to_sep
     assert x.grad is not None and x.grad.abs().sum() > 0
     with pytest.raises(RuntimeError, match="no call of the fake network"):
         d()  # consumed: a classifier call needs a fake call of its own
+    with torch.no_grad():
+        fake(x, torch.full((8,), 100), *cond)  # a score evaluation, not a call to classify
+    with pytest.raises(RuntimeError, match="no call of the fake network"):
+        d()
+
+    # the generator's loss through the frozen fake network and classifier reaches the sample only
+    x.grad = None
+    fake.zero_grad(set_to_none=True)
+    d.zero_grad(set_to_none=True)
+    with frozen(fake, d):
+        fake(x, torch.full((8,), 100), *cond)
+        generator_loss(d()).backward()
+    assert x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in [*fake.parameters(), *d.parameters()])
+    assert all(p.requires_grad for p in [*fake.parameters(), *d.parameters()])  # restored
+    with pytest.raises(ValueError), frozen(d):
+        raise ValueError
+    assert all(p.requires_grad for p in d.parameters())
 
     zero = torch.zeros(4)
     assert float(discriminator_loss(zero, zero)) == pytest.approx(2 * np.log(2))
@@ -520,9 +539,10 @@ def test_dmd_settings_outside_the_teachers_schedule_are_refused(ptbxl_shards, tm
                                              r"< 1000 \(the teacher's T\) and student_steps in 1..4"):
             distill_stage.distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="dmd",
                                   preset="tiny")
-    for bad in (replace(tiny.dmd, gan_weight=-1.0), replace(tiny.dmd, gan_head_lr=0.0)):
+    for bad in (replace(tiny.dmd, gan_weight=-1.0), replace(tiny.dmd, gan_head_lr=0.0),
+                replace(tiny.dmd, gan_d_weight=0.0)):  # a classifier that never learns, pushing the student
         monkeypatch.setattr(distill_stage, "get_preset", lambda name, seed, bad=bad: replace(tiny, dmd=bad))
-        with pytest.raises(InputError, match=r"dmd's GAN term needs gan_weight >= 0 \(0 = off\), gan_d_weight >= 0 "
+        with pytest.raises(InputError, match=r"dmd's GAN term needs gan_weight 0 \(off\) or > 0 with gan_d_weight > 0 "
                                              r"and gan_head_lr > 0; got "):
             distill_stage.distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="dmd",
                                   preset="tiny")

@@ -47,8 +47,9 @@ def dmd_loss(x: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
 
 class Discriminator(nn.Module):
     """DMD2's classifier head: (B, C, L) bottleneck features of the fake score network (``fake.mid``'s output,
-    kept by a forward hook on each call of ``fake``) -> (B,) logits, real > 0. A strided convolution and a mean
-    over time, so it sees the whole 10 s at the bottleneck's resolution."""
+    kept by a forward hook on each call of ``fake`` with gradients enabled — the calls it classifies; the
+    no-grad score evaluations are skipped) -> (B,) logits, real > 0. A strided convolution and a mean over time,
+    so it sees the whole 10 s at the bottleneck's resolution."""
 
     def __init__(self, fake: UNet1D):
         super().__init__()
@@ -58,10 +59,11 @@ class Discriminator(nn.Module):
                                   nn.Conv1d(ch, ch, 4, stride=2, padding=1), nn.GroupNorm(cfg.norm_groups, ch),
                                   nn.SiLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(ch, 1))
         self._features: torch.Tensor | None = None
-        fake.mid.register_forward_hook(self._keep)
+        self.hook = fake.mid.register_forward_hook(self._keep)  # .remove() detaches it from ``fake``
 
     def _keep(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        self._features = out
+        if torch.is_grad_enabled():
+            self._features = out
 
     def forward(self) -> torch.Tensor:
         """The logits of the features of ``fake``'s last call, which it consumes. RuntimeError without one."""

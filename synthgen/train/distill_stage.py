@@ -61,7 +61,7 @@ from synthgen.model.vae import VAE, VAEConfig
 from synthgen.pipeline import ECGPipeline
 from synthgen.train.datasets import iter_numpy
 from synthgen.train.diffusion_stage import EMA, check_metrics, drop_conditions, score_samplers
-from synthgen.train.loop import fit, mean_over_workers, optimizer_step, seed_worker, shuffle_seed, unwrap
+from synthgen.train.loop import fit, frozen, mean_over_workers, optimizer_step, seed_worker, shuffle_seed, unwrap
 from synthgen.train.presets import DistillConfig, DMDConfig, RegressConfig, TrainConfig, get_preset
 from synthgen.train.run import CONDITION_COLUMNS, _final_state, _trainer, check_conditions, fill_embedding_cache
 
@@ -208,9 +208,11 @@ def distill_worker(config: dict[str, Any]) -> None:
 def dmd_worker(config: dict[str, Any]) -> None:
     """``--method dmd`` on one Ray Train worker: the student starts from the teacher bundle's one-step student,
     the fake score network from the teacher's U-Net. An epoch is one pass over the training split's conditions
-    (their ECGs only as the GAN term's real data); the epoch line's train loss is the fake score's diffusion loss
-    in the warm-up epochs, then the student's loss (the surrogate ½‖∇‖² per sample, + the GAN term's), and
-    with the GAN term it also shows the epoch's mean classifier and generator losses (gan_d, gan_g)."""
+    (their ECGs only as the GAN term's real data); the epoch line's train loss is the fake score's loss in the
+    warm-up epochs (diffusion loss, + ``gan_d_weight`` × the classifier's), then the student's (the surrogate
+    ½‖∇‖² per sample, + ``gan_weight`` × the generator loss), and with the GAN term it also shows the epoch's
+    mean classifier and generator losses over all workers (gan_d, gan_g). Both fake updates of a step see the
+    same real batch (DMD2 draws one per update)."""
     import ray.train
     import ray.train.torch
 
@@ -223,15 +225,17 @@ def dmd_worker(config: dict[str, Any]) -> None:
     student.load_state_dict(config["student_state"])
     student = student.to(device).train().requires_grad_(True)
     fake = copy.deepcopy(teacher).train().requires_grad_(True)
-    gan = Discriminator(fake).to(device).train() if dc.gan_weight > 0 else None
+    classifier = Discriminator(fake).to(device).train() if dc.gan_weight > 0 else None
     # β₁ = 0 as in DMD2: the two networks chase each other, and momentum lags the moving target
     optimizer = torch.optim.AdamW(student.parameters(), lr=dc.stage.lr, betas=(0.0, 0.999),
                                   weight_decay=dc.stage.weight_decay)
     fake_optimizer = torch.optim.AdamW(
-        [{"params": fake.parameters()}, *([{"params": gan.parameters(), "lr": dc.gan_head_lr}] if gan else [])],
+        [{"params": fake.parameters()},
+         *([{"params": classifier.parameters(), "lr": dc.gan_head_lr}] if classifier is not None else [])],
         lr=dc.fake_lr, betas=(0.0, 0.999), weight_decay=0.0)
     student, fake = ray.train.torch.prepare_model(student), ray.train.torch.prepare_model(fake)
-    gan = ray.train.torch.prepare_model(gan) if gan is not None else None  # its gradients averaged like fake's
+    if classifier is not None:  # its gradients averaged over workers like the fake network's
+        classifier = ray.train.torch.prepare_model(classifier)
     seed_worker(tc.seed)
     embedder = _worker_embedder(config)
     pipeline = _pipeline(config, vae, teacher, unwrap(student), embedder, device)
@@ -280,10 +284,10 @@ def dmd_worker(config: dict[str, Any]) -> None:
         x_t, t, eps = noised(x, 0, n_timesteps)
         a = alphas[t][:, None, None]
         v = a.sqrt() * eps - (1 - a).sqrt() * x  # distill() accepts v-prediction teachers only
-        if gan is None:
+        if classifier is None:
             return optimizer_step(torch.nn.functional.mse_loss(fake(x_t, t, *cond), v), fake, fake_optimizer)
         both = fake(torch.cat([x_t, noised_at(real, t)[0]]), t.repeat(2), *(torch.cat([c, c]) for c in cond))
-        logits = gan()
+        logits = classifier()
         d_loss = discriminator_loss(logits[:len(x)], logits[len(x):])
         gan_losses["d"].append(d_loss.item())
         loss = torch.nn.functional.mse_loss(both[:len(x)], v) + dc.gan_d_weight * d_loss
@@ -291,20 +295,17 @@ def dmd_worker(config: dict[str, Any]) -> None:
 
     def gan_generator_loss(x: torch.Tensor, cond: tuple) -> torch.Tensor:
         """softplus(−D) of the student's samples, noised; gradients reach the student only."""
-        net, head = unwrap(fake), unwrap(gan)  # not through DDP: nothing of theirs is updated here
-        net.requires_grad_(False), head.requires_grad_(False)
-        try:
+        net, judge = unwrap(fake), unwrap(classifier)  # not through DDP: nothing of theirs is updated here
+        with frozen(net, judge):
             x_t, t, _ = noised(x, 0, n_timesteps)
             net(x_t, t, *cond)
-            loss = generator_loss(head())
-        finally:
-            net.requires_grad_(True), head.requires_grad_(True)
+            loss = generator_loss(judge())
         gan_losses["g"].append(loss.item())
         return loss
 
     def train_step(batch: dict, epoch: int) -> float:
         cond = _conditions(batch, embedder, device, dropout)
-        real = real_latents(batch) if gan is not None else None
+        real = real_latents(batch) if classifier is not None else None
         warming_up = epoch < dc.warmup_epochs
         for _ in range(1 if warming_up else dc.fake_updates):
             fake_loss = fake_step(cond, real)
@@ -319,7 +320,7 @@ def dmd_worker(config: dict[str, Any]) -> None:
             x0_fake, _ = x0_and_eps(fake(x_t, t, *cond).float(), x_t, a, prediction_type)
             gradient = dmd_gradient(x, x0_real, x0_fake)
         loss = dmd_loss(x, gradient)
-        if gan is not None:
+        if classifier is not None:
             loss = loss + dc.gan_weight * gan_generator_loss(x, cond)
         return optimizer_step(loss, student, optimizer)
 
@@ -327,7 +328,7 @@ def dmd_worker(config: dict[str, Any]) -> None:
     def validate(epoch: int) -> dict[str, float]:
         """The sample checks (every ``sample_check_every`` epochs) and, with the GAN term, the epoch's mean
         classifier and generator losses (gan_d at 2 ln 2 ≈ 1.386 = the classifier at chance)."""
-        losses = {f"gan_{k}": sum(v) / len(v) for k, v in gan_losses.items() if v}
+        losses = {f"gan_{k}": mean_over_workers(sum(v), len(v)) for k, v in gan_losses.items() if v}
         for v in gan_losses.values():
             v.clear()
         unwrap(student).eval()
@@ -341,7 +342,8 @@ def dmd_worker(config: dict[str, Any]) -> None:
     fit(
         name="distill", stage=dc.stage,
         stateful={"model": unwrap(student), "fake": unwrap(fake), "optimizer": optimizer,
-                  "fake_optimizer": fake_optimizer, **({"discriminator": unwrap(gan)} if gan is not None else {})},
+                  "fake_optimizer": fake_optimizer,
+                  **({"discriminator": unwrap(classifier)} if classifier is not None else {})},
         best_source=unwrap(student),
         batches=lambda epoch: iter_numpy(train_shard, dc.stage.batch_size, shuffle=True,
                                           seed=shuffle_seed(tc.seed, epoch)),
@@ -562,10 +564,10 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
     docstring); returns its URL. ``epochs``/``batch_size`` override the preset's (the method's ``stage``).
 
     Resumable like the other stages: rerunning the same command continues from ``out``/checkpoints/distill
-    (distill-dmd, distill-regress), and a finished run is not repeated. InputError for an unknown method, shards
-    without a summary, a teacher that is not v-prediction (ε says nothing about x₀ at the 1-step start
-    ᾱ_T = 0), "dmd" or "regress" on a teacher bundle without a student, a regress width not narrower than the
-    student's, or an unwritable ``out``.
+    (distill-dmd, distill-dmd-gan with the GAN term, distill-regress), and a finished run is not repeated.
+    InputError for an unknown method, shards without a summary, a teacher that is not v-prediction (ε says
+    nothing about x₀ at the 1-step start ᾱ_T = 0), "dmd" or "regress" on a teacher bundle without a student, a
+    regress width not narrower than the student's, settings outside their ranges, or an unwritable ``out``.
     """
     if method not in METHODS:
         raise InputError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
@@ -596,9 +598,10 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
         raise InputError(f"preset {preset!r}: dmd needs fake_updates >= 1, 0 <= t_range[0] <= t_range[1] < "
                          f"{noise['T']} (the teacher's T) and student_steps in 1..{MAX_STUDENT_STEPS}; got "
                          f"{cfg.fake_updates}, {list(cfg.t_range)} and {list(cfg.student_steps)}")
-    if method == "dmd" and not (cfg.gan_weight >= 0 and cfg.gan_d_weight >= 0 and cfg.gan_head_lr > 0):
-        raise InputError(f"preset {preset!r}: dmd's GAN term needs gan_weight >= 0 (0 = off), gan_d_weight >= 0 and "
-                         f"gan_head_lr > 0; got {cfg.gan_weight}, {cfg.gan_d_weight} and {cfg.gan_head_lr}")
+    if method == "dmd" and not (cfg.gan_weight == 0 or (cfg.gan_weight > 0 and cfg.gan_d_weight > 0
+                                                         and cfg.gan_head_lr > 0)):
+        raise InputError(f"preset {preset!r}: dmd's GAN term needs gan_weight 0 (off) or > 0 with gan_d_weight > 0 "
+                         f"and gan_head_lr > 0; got {cfg.gan_weight}, {cfg.gan_d_weight} and {cfg.gan_head_lr}")
     fs_out, out_path = resolve(out, storage_options)
     url = join(out, DISTILLED)
     if fs_out.exists(f"{out_path}/{DISTILLED}/config.json"):
@@ -633,9 +636,11 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
         if method == "regress":
             config["regress_model"] = student_info["model"]
         worker = {"lcd": distill_worker, "dmd": dmd_worker, "regress": regress_worker}[method]
-        # one checkpoint folder per method: a killed run of one cannot be resumed as another
-        trainer = _trainer(worker, config, "distill" if method == "lcd" else f"distill-{method}", out, workers, gpu,
-                           datasets, storage_options)
+        # one checkpoint folder per method (and for dmd with or without the GAN term, whose checkpoints hold
+        # different state): a killed run of one cannot be resumed as another
+        folder = "distill" if method == "lcd" else f"distill-{method}"
+        folder += "-gan" if method == "dmd" and cfg.gan_weight > 0 else ""
+        trainer = _trainer(worker, config, folder, out, workers, gpu, datasets, storage_options)
         state = _final_state(trainer.fit())
     seconds = round(time.time() - started, 1)
     student = UNet1D(UNetConfig(**student_info["model"]))

@@ -7,6 +7,7 @@ never has to choose between "latest" and "best".
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -14,7 +15,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -105,6 +106,19 @@ def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.
     if ema is not None:
         ema.update(unwrap(model))
     return loss.item()
+
+
+@contextlib.contextmanager
+def frozen(*modules: torch.nn.Module) -> Iterator[None]:
+    """Within the block, ``modules``' parameters take no gradient (a loss through them reaches only its other
+    inputs); restored after, even on error."""
+    for m in modules:
+        m.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.requires_grad_(True)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
