@@ -265,8 +265,7 @@ def dmd_worker(config: dict[str, Any]) -> None:
     @torch.no_grad()
     def real_latents(batch: dict) -> torch.Tensor:
         """Posterior samples of the batch's ECGs, scaled as the U-Net sees them (the GAN term's real data)."""
-        mu, logvar = vae.encode(torch.tensor(batch["signal"]).to(device))
-        return (mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape).to(device)) * scale
+        return vae.reparameterize(*vae.encode(torch.tensor(batch["signal"]).to(device))) * scale
 
     def sample(cond: tuple) -> torch.Tensor:
         """The student's sample at a step count drawn from ``dc.student_steps``, differentiable in its last step."""
