@@ -2,7 +2,7 @@
 
     python benchmarks/gallery.py --out docs/figures/gallery-shipped.png [--model BUNDLE] [--sampler ddpm --steps 100]
         [--decoder tiny]
-    (default: the pipeline's default sampler at its default steps)
+    (default: the model's default sampling, as `synthgen generate`)
     python benchmarks/gallery.py --describe brugada_type1,hyperkalemia,wpw,complete_heart_block \
         --out docs/figures/gallery-describe.png
 
@@ -29,7 +29,8 @@ from synthgen.conditions.describe import find_curated  # noqa: E402
 from synthgen.conditions.spec import Condition  # noqa: E402
 from synthgen.data.plausibility import check_many  # noqa: E402
 from synthgen.evaluate.plot import plot_ecg  # noqa: E402
-from synthgen.model.schedulers import DEFAULT_SAMPLER, default_steps  # noqa: E402
+from synthgen.model.bundle import default_sampling  # noqa: E402
+from synthgen.model.schedulers import resolve_sampling  # noqa: E402
 from synthgen.pipeline import ECGPipeline  # noqa: E402
 
 GALLERY = [  # (label, condition)
@@ -44,10 +45,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--sampler", default=DEFAULT_SAMPLER)
+    ap.add_argument("--sampler", default=None, help="default: the model's default sampling")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=2.0)
-    ap.add_argument("--decoder", default="vae", help="vae, or tiny (the bundle's tiny decoder)")
+    ap.add_argument("--decoder", default=None, help="vae, or tiny (the bundle's tiny decoder); default: as "
+                    "`synthgen generate`")
     ap.add_argument("--describe", default=None, help="Comma-separated curated condition names or keys.")
     args = ap.parse_args()
     rows = GALLERY
@@ -56,9 +58,9 @@ def main() -> None:
         rows = [(c.condition, Condition(c.findings, hr=c.typical_hr)) for c in found]
     pipe = ECGPipeline.from_bundle(args.model)
     conds = [c for _, c in rows for _ in range(3)]
-    steps = default_steps(args.sampler, args.steps)
-    x = pipe(conds, [0, 1, 2] * len(rows), sampler=args.sampler, steps=steps, guidance=args.guidance,
-             decoder=args.decoder)
+    sampler, steps, decoder = resolve_sampling(default_sampling(pipe.bundle.config), args.sampler, args.steps,
+                                               args.decoder)
+    x = pipe(conds, [0, 1, 2] * len(rows), sampler=sampler, steps=steps, guidance=args.guidance, decoder=decoder)
     verdicts = check_many(x, np.array([np.nan if c.hr is None else c.hr for c in conds], float))
     fig, axes = plt.subplots(len(rows), 3, figsize=(30, 4.2 * len(rows)), squeeze=False)
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,8 +74,8 @@ def main() -> None:
             ax.set_title(f"{rows[i // 3][0]}; HR asked {asked}, measured {hr}; "
                          f"{'plausible' if v.ok else ', '.join(v.reasons)} (seed {i % 3})\n"
                          f"{textwrap.shorten(' | '.join(cond.reports), 95)}", fontsize=11)
-    fig.suptitle(f"model {pipe.bundle.model_hash[:12]}, {args.sampler}-{steps}, guidance {args.guidance}, "
-                 f"{args.decoder} decoder",
+    fig.suptitle(f"model {pipe.bundle.model_hash[:12]}, {sampler}-{steps}, guidance {args.guidance}, "
+                 f"{decoder} decoder",
                  fontsize=14, y=1.0)
     fig.tight_layout()
     fig.savefig(args.out, dpi=60)

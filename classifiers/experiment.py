@@ -34,7 +34,6 @@ from synthgen.generate.manifest import class_conditions, largest_remainder, writ
 from synthgen.io.paths import (StorageOptions, check_writable, join, read_json, resolve, write_bytes_atomic,
                                write_json_atomic)
 from synthgen.io.shards import read_summary
-from synthgen.model.schedulers import DEFAULT_SAMPLER
 
 SCHEMA = "augment-eval-v2"  # v2: paired differences, external set, plausible-only synthetic sets, ratios
 REFERENCE = "original"
@@ -42,7 +41,7 @@ SCORE_NAMES = {"f1": "minority F1", "auroc": "AUROC", "auprc": "AUPRC", "balance
 VERDICT_SCORE = "auprc"  # the headline verdict: the selection score (threshold-free, minority positive)
 
 
-def generate_synthetic(data: str, task: str, out: str, n_per_class: int, *, model: str | None, sampler: str,
+def generate_synthetic(data: str, task: str, out: str, n_per_class: int, *, model: str | None, sampler: str | None,
                        steps: int | None, seed: int, gpu: bool | None, storage_options: StorageOptions,
                        progress: bool) -> str:
     """Sample ``n_per_class`` ECGs of each class of ``task`` from real training conditions; returns the output.
@@ -225,7 +224,7 @@ def _synthetic_counts_table(provenance: dict) -> str:
 def augment_eval(data: str, out: str, *, tasks: tuple[str, ...] | list[str] = TASKS, synthetic: str | None = None,
                  external: str | None = None, seeds: int = 3, epochs: int = 20, batch_size: int = 64,
                  ratios: tuple[float, ...] | list[float] = (0.25, 0.5, 1.0), n_synthetic: int = 300,
-                 model: str | None = None, sampler: str = DEFAULT_SAMPLER, sampler_steps: int | None = None,
+                 model: str | None = None, sampler: str | None = None, sampler_steps: int | None = None,
                  seed: int = 0, bootstrap: int = 2000, gpu: bool | None = None, storage_options: StorageOptions = None,
                  progress: bool = True) -> dict:
     """Run the experiment for ``tasks`` and write trials, summary tables (CSV, Markdown), paired differences,

@@ -25,7 +25,7 @@ import typer
 from typer.core import TyperGroup
 
 from synthgen.errors import InputError, outside_failure
-from synthgen.model.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS
+from synthgen.model.schedulers import DEFAULT_STEPS
 
 
 class _Commands(TyperGroup):
@@ -328,11 +328,15 @@ def generate(
     n: Optional[int] = typer.Option(None, help="Total ECGs, spread over rows by n/weight or evenly "
                                                "(default: the manifest's n column, else 1 per row)."),
     model: Optional[str] = typer.Option(None, help="Model bundle folder or URL (default: the shipped model)."),
-    sampler: str = typer.Option(DEFAULT_SAMPLER, help="dpm++sde (stochastic DPM-Solver++, 20 steps: the best "
-                                                      "figures of the shipped model), ddpm (ancestral, the "
-                                                      "paper's), ddim or dpm++ (deterministic), or lcm (the "
-                                                      "distilled student, 1-4 steps). See docs/benchmarks.md."),
-    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the sampler's own — "
+    sampler: Optional[str] = typer.Option(None, help="lcm (the distilled student, 1-4 steps), dpm++sde "
+                                                     "(stochastic DPM-Solver++, the teacher's best), ddpm "
+                                                     "(ancestral, the paper's), ddim or dpm++ (deterministic). "
+                                                     "Default: the model's default sampling, steps and decoder "
+                                                     "(the shipped model: lcm, 2 steps, tiny decoder; a model "
+                                                     "without one: dpm++sde, 20 steps, vae). See "
+                                                     "docs/benchmarks.md."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps (default: the model's default, or with "
+                                                   "--sampler that sampler's own — "
                                                    f"{', '.join(f'{k} {v}' for k, v in DEFAULT_STEPS.items())}; "
                                                    "the paper's DDPM uses 1000)."),
     guidance: float = typer.Option(2.0, help="Classifier-free guidance scale (1 = none)."),
@@ -352,8 +356,10 @@ def generate(
     replace_implausible: int = typer.Option(0, help="Redraw an implausible ECG (flat, no measurable HR, far "
                                                      "from the requested HR, …) up to this many times from the "
                                                      "next seeds of its own stream; every row is flagged anyway."),
-    decoder: str = typer.Option("vae", help="vae (the VAE's decoder), or tiny: the bundle's tiny decoder "
-                                            "(`synthgen train tiny-decoder`), faster, close to the VAE's."),
+    decoder: Optional[str] = typer.Option(None, help="vae (the VAE's decoder), or tiny: the bundle's tiny "
+                                                     "decoder (`synthgen train tiny-decoder`), faster, close to "
+                                                     "the VAE's (default: the model's default with no --sampler, "
+                                                     "else vae)."),
     storage_options: Optional[str] = StorageOpt,
     config: Optional[str] = ConfigOpt,
 ) -> None:
@@ -500,9 +506,10 @@ def augment_eval(
     ratios: str = typer.Option("0.25,0.5,1", help="Synthetic : real minority-class ECGs, one augmented arm each."),
     n_synthetic: int = typer.Option(300, help="ECGs per class to generate when --synthetic is not given."),
     model: Optional[str] = typer.Option(None, help="Model bundle for generating (default: the shipped model)."),
-    sampler: str = typer.Option(DEFAULT_SAMPLER, help="Sampler for generating: dpm++sde, ddpm, ddim, dpm++ or lcm."),
-    sampler_steps: Optional[int] = typer.Option(None, help="Denoising steps for generating (default: the "
-                                                           "sampler's own, as in `generate`)."),
+    sampler: Optional[str] = typer.Option(None, help="Sampler for generating: lcm, dpm++sde, ddpm, ddim or dpm++ "
+                                                     "(default: the model's default sampling, as in `generate`)."),
+    sampler_steps: Optional[int] = typer.Option(None, help="Denoising steps for generating (default: as in "
+                                                           "`generate`)."),
     seed: int = typer.Option(0, help="Seed of the synthetic set, of the rows the augmented arms add and of the "
                                      "bootstrap."),
     bootstrap: int = typer.Option(2000, help="Bootstrap replicates of the paired 95 % intervals."),

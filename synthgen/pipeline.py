@@ -25,10 +25,9 @@ from synthgen.conditions.spec import Condition
 from synthgen.ecg import N_SAMPLES, project_limb_leads
 from synthgen.errors import InputError
 from synthgen.io.paths import StorageOptions
-from synthgen.model.bundle import Bundle, check_decoder, load_bundle
+from synthgen.model.bundle import Bundle, check_decoder, default_sampling, load_bundle
 from synthgen.model.consistency import check_student_sampler
-from synthgen.model.schedulers import (DEFAULT_SAMPLER, STUDENT_SAMPLERS, EpsScale, default_steps, epsilon_scaling,
-                                       make_scheduler)
+from synthgen.model.schedulers import STUDENT_SAMPLERS, EpsScale, epsilon_scaling, make_scheduler, resolve_sampling
 
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -120,19 +119,22 @@ class ECGPipeline:
         return self.vae.decoder if name == "vae" else self.tiny_decoder
 
     @torch.inference_mode()
-    def __call__(self, conditions: Sequence[Condition], seeds: Sequence[int], sampler: str = DEFAULT_SAMPLER,
+    def __call__(self, conditions: Sequence[Condition], seeds: Sequence[int], sampler: str | None = None,
                  steps: int | None = None, guidance: float = 2.0,
-                 eps_scale: float | str | EpsScale | None = None, decoder: str = "vae") -> np.ndarray:
-        """float32 (B, 12, 1024) ECGs in mV, limb leads lawful. ``steps`` None: the sampler's default
-        (``schedulers.DEFAULT_STEPS``); ``sampler="ddpm", steps=1000`` is the paper's sampler.
+                 eps_scale: float | str | EpsScale | None = None, decoder: str | None = None) -> np.ndarray:
+        """float32 (B, 12, 1024) ECGs in mV, limb leads lawful. ``sampler`` None: the bundle's default sampling
+        (``model.bundle.default_sampling``: sampler, steps and decoder, each unless given); ``steps`` None with a
+        sampler: its default (``schedulers.DEFAULT_STEPS``); ``sampler="ddpm", steps=1000`` is the paper's.
         ``eps_scale``: Epsilon Scaling (``model.schedulers.EpsScale``: a factor, or "1.6@500" for the steps at
         t ≥ 500 only); None takes the bundle's for this sampler (none: 1). ``sampler="lcm"``: the distilled
         student, 1–4 steps, at the guidance it was distilled with (InputError otherwise, or when the bundle has
-        none). ``decoder``: "vae", or "tiny" for the bundle's tiny decoder (``decoder``)."""
+        none). ``decoder``: "vae", or "tiny" for the bundle's tiny decoder (``decoder``; None: "vae" when a
+        sampler is given)."""
         if len(conditions) != len(seeds):
             raise ValueError(f"{len(conditions)} conditions but {len(seeds)} seeds")
+        sampler, steps, decoder = resolve_sampling(default_sampling(self.bundle.config), sampler, steps, decoder)
         decode = self.decoder(decoder)
-        steps = default_steps(sampler, steps) or 0  # an unknown sampler: make_scheduler says so
+        steps = steps or 0  # an unknown sampler: make_scheduler says so
         check_student_sampler(self.bundle.config, sampler, steps, guidance, self.bundle.url)
         if not conditions:
             return np.zeros((0, self.vae.cfg.in_channels, N_SAMPLES), np.float32)

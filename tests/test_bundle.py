@@ -81,17 +81,18 @@ def test_shipped_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 # The shipped model's hash: sha256 of synthgen/assets/model/config.json, which pins its weight files.
 # Retraining changes it on purpose; update it with the model card and docs/benchmarks.md.
-SHIPPED_MODEL_HASH = "eed81f07842128c16d5a4f703b5b90cb3476583cf227e562d0a81238ecb8a647"
+SHIPPED_MODEL_HASH = "29924a1ce34f48b68f1e68fce8f329c038f016fbee6decfdefccd50c446b7a27"
 
 
 def test_the_shipped_model_loads_and_makes_plausible_ecgs() -> None:
-    """The real shipped bundle (not a replacement): its hash, and a few ECGs from the default sampler that
-    are not flat, have a measurable heart rate near the requested one, and pass the plausibility check."""
+    """The real shipped bundle (not a replacement): its hash, its default sampling (the student, two steps, the
+    tiny decoder), and a few ECGs from it, the teacher's sampler and the paper's that are not flat, have a
+    measurable heart rate near the requested one, and pass the plausibility check."""
     import numpy as np
 
     from synthgen.conditions.spec import Condition
     from synthgen.data.plausibility import check_many
-    from synthgen.model.schedulers import DEFAULT_SAMPLER
+    from synthgen.model.bundle import default_sampling
     from synthgen.pipeline import ECGPipeline
 
     b = load_bundle()
@@ -102,9 +103,11 @@ def test_the_shipped_model_loads_and_makes_plausible_ecgs() -> None:
              Condition(("sinus rhythm", "ventricular premature complex"), 59, "F", 72),
              Condition(("sinus bradycardia",), 70, "M", 50), Condition(("sinus tachycardia",), 30, "F", 115),
              Condition(("sinus rhythm", "left ventricular hypertrophy"), 52, "M", 75)]
+    assert default_sampling(b.config) == {"sampler": "lcm", "steps": 2, "decoder": "tiny"}
     made = {}
-    # the default, the paper's and the shipped student, with the VAE decoder and with the tiny one
-    for sampler, decoder in ((DEFAULT_SAMPLER, "vae"), ("ddpm", "vae"), ("lcm", "vae"), ("lcm", "tiny")):
+    # the default (what sampler=None resolves to), the teacher's and the paper's samplers, and the shipped
+    # student with the VAE decoder and with the tiny one
+    for sampler, decoder in ((None, None), ("dpm++sde", "vae"), ("ddpm", "vae"), ("lcm", "vae"), ("lcm", "tiny")):
         x = made[sampler, decoder] = pipe(conds, seeds=list(range(len(conds))), sampler=sampler, guidance=2.0,
                                           decoder=decoder)
         verdicts = check_many(x, np.array([c.hr for c in conds], float))
@@ -113,3 +116,5 @@ def test_the_shipped_model_loads_and_makes_plausible_ecgs() -> None:
     # the tiny decoder reproduces the VAE decoder's ECGs from the same latents (validation RMS error 0.02 mV)
     error = made["lcm", "tiny"] - made["lcm", "vae"]
     assert 0 < np.sqrt(np.mean(error ** 2)) < 0.05
+    assert np.array_equal(made[None, None], pipe(conds, seeds=list(range(len(conds))), sampler="lcm", steps=2,
+                                                 decoder="tiny"))

@@ -327,6 +327,37 @@ def test_generate_refuses_lcm_without_a_student_before_writing(tmp_path: Path):
     assert not (tmp_path / "out").exists()
 
 
+def test_default_sampling_is_set_on_a_bundle_that_can_sample_that_way(tmp_path: Path):
+    """set_default_sampling: refused (one line) for a sampling the bundle cannot do; otherwise config.json's
+    sampling.default, a new model hash, byte-identical weights, one card section (replaced when set again),
+    and the pipeline without a sampler samples that way."""
+    from synthgen.model.bundle import default_sampling, set_default_sampling
+
+    url = str(tmp_path / "b")
+    before = tiny_teacher(url, student=True)
+    assert default_sampling(load_bundle(url).config) == {"sampler": "dpm++sde", "steps": 20, "decoder": "vae"}
+    weights = {p.name: p.read_bytes() for p in Path(url).glob("*.safetensors")}
+    for args, message in ((("lcm", 2, "tiny"), "has no tiny decoder"), (("lcm", 5, "vae"), "--steps 5"),
+                          (("euler", 2, "vae"), "sampler 'euler' at 2 steps: expected one of")):
+        with pytest.raises(InputError, match=message):
+            set_default_sampling(url, *args, reason="r")
+    after = set_default_sampling(url, "lcm", 2, "vae", reason="measured in docs")
+    bundle = load_bundle(url)
+    assert after == bundle.model_hash != before
+    assert default_sampling(bundle.config) == {"sampler": "lcm", "steps": 2, "decoder": "vae"}
+    assert {p.name: p.read_bytes() for p in Path(url).glob("*.safetensors")} == weights
+    pipe = ECGPipeline(bundle, embedder=HashEmbedder())
+    np.testing.assert_array_equal(pipe(CONDITIONS, seeds=[1, 2, 3]),
+                                  pipe(CONDITIONS, seeds=[1, 2, 3], sampler="lcm", steps=2, decoder="vae"))
+    set_default_sampling(url, "ddim", 10, "vae", reason="again")
+    card = (Path(url) / "MODEL_CARD.md").read_text()
+    assert card.startswith("# Tiny test teacher") and card.count("## Default sampling") == 1
+    assert "`--sampler ddim --steps 10 --decoder vae` (again)" in card
+    tiny_teacher(str(tmp_path / "plain"))
+    with pytest.raises(InputError, match="has no distilled student"):
+        set_default_sampling(str(tmp_path / "plain"), "lcm", 1, "vae", reason="r")
+
+
 # ------------------------------------------------------------------------------------------- training
 def test_distill_config_round_trips():
     from synthgen.train.presets import TrainConfig
@@ -517,14 +548,27 @@ def test_tiny_dmd_refines_the_narrow_student_and_records_where_it_started(narrow
     # the tiny preset keeps DMD2's GAN term on: its classifier's and generator's losses on the epoch line, the card
     assert get_preset("tiny").dmd.gan_weight > 0 and " gan_d " in run.stdout and " gan_g " in run.stdout
     assert "GAN term (DMD2)" in card
+    # the kept epoch is the one with the lowest mean validation FID over fid_steps, as the epoch lines show it
+    lines = [line for line in run.stdout.splitlines() if "[distill] epoch " in line]
+    assert len(lines) == get_preset("tiny").dmd.stage.epochs == 2
+    fids = [dict(zip(words := line.split(), words[1:])) for line in lines]
+    assert all(0 < float(f["lcm1_fid"]) and 0 < float(f["lcm2_fid"]) for f in fids)
+    selects = [float(f["select"]) for f in fids]
+    assert selects == pytest.approx([(float(f["lcm1_fid"]) + float(f["lcm2_fid"])) / 2 for f in fids], rel=1e-3)
+    kept = int(np.argmin(selects))
+    assert student["training"]["best_epoch"] == kept + 1
+    assert student["training"]["best_val_fid"] == pytest.approx(selects[kept], rel=1e-3)
+    assert f"kept the weights of the student's EMA (decay {get_preset('tiny').dmd.ema_decay:g}) with the lowest mean " \
+           "validation FID over 1, 2 steps" in card
     ecg = ECGPipeline(bundle, get_embedder("local"))([Condition(("sinus rhythm",), 60, "F", 70)], seeds=[5],
                                                      sampler="lcm", steps=1)
     assert ecg.shape == (1, 12, 1024) and np.isfinite(ecg).all()
 
 
 def test_dmd_settings_outside_the_teachers_schedule_are_refused(ptbxl_shards, tmp_path: Path, monkeypatch):
-    """A DMD timestep range beyond the teacher's T, no fake-score update, a student step count the sampler does
-    not take or a negative GAN weight is a one-line error before Ray starts."""
+    """A DMD timestep range beyond the teacher's T, no fake-score update, a student or FID step count the
+    sampler does not take, a negative GAN weight or an EMA decay outside (0, 1) is a one-line error before Ray
+    starts."""
     from dataclasses import replace
 
     from synthgen.train import distill_stage
@@ -533,10 +577,12 @@ def test_dmd_settings_outside_the_teachers_schedule_are_refused(ptbxl_shards, tm
     tiny_teacher(str(teacher), "local", 384, student=True)
     tiny = get_preset("tiny")
     for bad in (replace(tiny.dmd, t_range=(20, 1000)), replace(tiny.dmd, fake_updates=0),
-                replace(tiny.dmd, student_steps=(1, 5)), replace(tiny.dmd, student_steps=())):
+                replace(tiny.dmd, student_steps=(1, 5)), replace(tiny.dmd, student_steps=()),
+                replace(tiny.dmd, fid_steps=(0,))):
         monkeypatch.setattr(distill_stage, "get_preset", lambda name, seed, bad=bad: replace(tiny, dmd=bad))
         with pytest.raises(InputError, match=r"dmd needs fake_updates >= 1, 0 <= t_range\[0\] <= t_range\[1\] "
-                                             r"< 1000 \(the teacher's T\) and student_steps in 1..4"):
+                                             r"< 1000 \(the teacher's T\) and student_steps \(at least one\) and "
+                                             r"fid_steps in 1..4"):
             distill_stage.distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="dmd",
                                   preset="tiny")
     for bad in (replace(tiny.dmd, gan_weight=-1.0), replace(tiny.dmd, gan_head_lr=0.0),
@@ -544,6 +590,11 @@ def test_dmd_settings_outside_the_teachers_schedule_are_refused(ptbxl_shards, tm
         monkeypatch.setattr(distill_stage, "get_preset", lambda name, seed, bad=bad: replace(tiny, dmd=bad))
         with pytest.raises(InputError, match=r"dmd's GAN term needs gan_weight 0 \(off\) or > 0 with gan_d_weight > 0 "
                                              r"and gan_head_lr > 0; got "):
+            distill_stage.distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="dmd",
+                                  preset="tiny")
+    for bad in (replace(tiny.dmd, ema_decay=1.0), replace(tiny.dmd, ema_decay=0.0)):
+        monkeypatch.setattr(distill_stage, "get_preset", lambda name, seed, bad=bad: replace(tiny, dmd=bad))
+        with pytest.raises(InputError, match=r"dmd's ema_decay must be None \(off\) or in \(0, 1\); got "):
             distill_stage.distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="dmd",
                                   preset="tiny")
     assert not (tmp_path / "run").exists()

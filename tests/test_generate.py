@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -98,32 +99,52 @@ def test_default_shard_size_gives_a_small_run_a_shard_per_actor():
     assert GenerateConfig("m.csv", "out").plan_params("a", "b", 32, "h")["shard_size"] == 16
 
 
-def test_steps_default_to_the_samplers_own_and_are_recorded():
+def test_sampling_defaults_to_the_models_package_and_steps_to_the_samplers_own():
     from synthgen.generate.config import GenerateConfig
+    from synthgen.model.bundle import default_sampling
 
-    assert GenerateConfig("m.csv", "out").sampler == "dpm++sde"
+    shipped = {"sampling": {"default": {"sampler": "lcm", "steps": 2, "decoder": "tiny", "reason": "gates"}}}
+    assert default_sampling(shipped) == {"sampler": "lcm", "steps": 2, "decoder": "tiny"}
+    assert default_sampling({}) == {"sampler": "dpm++sde", "steps": 20, "decoder": "vae"}  # no default: the teacher's
+    unset = GenerateConfig("m.csv", "out")
+    assert (unset.sampler, unset.steps, unset.decoder) == (None, None, None)  # until the bundle is read
+    resolved = [(c.sampler, c.steps, c.decoder) for c in (
+        unset.with_defaults(default_sampling(shipped)), unset.with_defaults(default_sampling({})),
+        replace(unset, steps=1).with_defaults(default_sampling(shipped)),  # only what was given overrides
+        replace(unset, decoder="vae").with_defaults(default_sampling(shipped)),
+        # a sampler given: its own steps and the VAE's decoder, not the package's
+        GenerateConfig("m.csv", "out", sampler="lcm").with_defaults(default_sampling(shipped)),
+        GenerateConfig("m.csv", "out", sampler="ddpm").with_defaults(default_sampling(shipped)))]
+    assert resolved == [("lcm", 2, "tiny"), ("dpm++sde", 20, "vae"), ("lcm", 1, "tiny"), ("lcm", 2, "vae"),
+                        ("lcm", 1, "vae"), ("ddpm", 100, "vae")]
     assert [GenerateConfig("m.csv", "out", sampler=s).steps for s in ("dpm++sde", "ddpm", "ddim", "lcm")] == \
         [20, 100, 50, 1]
     assert GenerateConfig("m.csv", "out", sampler="ddpm", steps=1000).steps == 1000
-    params = GenerateConfig("m.csv", "out").plan_params("a", "b", 32, "h")
-    assert (params["sampler"], params["steps"], params["limb_leads"]) == ("dpm++sde", 20, "einthoven-goldberger")
+    params = unset.with_defaults(default_sampling(shipped)).plan_params("a", "b", 32, "h")
+    assert (params["sampler"], params["steps"], params["decoder"], params["limb_leads"]) == \
+        ("lcm", 2, "tiny", "einthoven-goldberger")
+    assert "decoder" not in unset.with_defaults(default_sampling({})).plan_params("a", "b", 32, "h")
     assert GenerateConfig("m.csv", "out", sampler="lcm").provenance("r", "h").steps == 1
     with pytest.raises(InputError, match="--sampler='x'"):
         GenerateConfig("m.csv", "out", sampler="x").check()
 
 
 def test_a_plan_of_other_outputs_is_refused_with_what_differs(tmp_path):
-    """A run planned before the limb-lead projection, with the old default sampler, is not resumed by today's
-    defaults: the error lists each difference and says how to resume it."""
+    """A run planned before the limb-lead projection, with the old default sampling (dpm++sde-20, VAE decoder),
+    is not resumed by today's (the shipped student's): the error lists each difference and says how to resume
+    it."""
     import fsspec
 
     from synthgen.generate.config import GenerateConfig
     from synthgen.generate.run import _claim_out
 
-    plan = {"params": GenerateConfig("m.csv", "out").plan_params("a", "b", 32, "h")}
-    old = {**{k: v for k, v in plan["params"].items() if k != "limb_leads"}, "sampler": "ddpm", "steps": 100}
-    with pytest.raises(InputError, match=r"limb_leads None -> 'einthoven-goldberger', sampler 'ddpm' -> 'dpm\+\+sde'"
-                                         r", steps 100 -> 20\).*pass that run's --sampler and --steps"):
+    today = {"sampler": "lcm", "steps": 2, "decoder": "tiny"}  # the shipped bundle's default sampling
+    plan = {"params": GenerateConfig("m.csv", "out").with_defaults(today).plan_params("a", "b", 32, "h")}
+    old = {**{k: v for k, v in plan["params"].items() if k not in ("limb_leads", "decoder")}, "sampler": "dpm++sde",
+           "steps": 20}
+    with pytest.raises(InputError, match=r"decoder None -> 'tiny', limb_leads None -> 'einthoven-goldberger', "
+                                         r"sampler 'dpm\+\+sde' -> 'lcm', steps 20 -> 2\).*pass that run's "
+                                         r"--sampler, --steps and --decoder"):
         _claim_out(fsspec.filesystem("file"), str(tmp_path), plan, old)
     assert not (tmp_path / "_plan.json").exists()
 

@@ -174,7 +174,7 @@ def test_generate_flags_override_config_keys() -> None:
     assert parse(("generate",), ["--manifest", "m.csv", "--out", "s3://b/o", "--batch-size", "8", "--gpu",
                                  "--no-progress"]) == {**parse(("generate",), ["--manifest", "m.csv", "--out", "s3://b/o"]),
                                                        "batch_size": 8, "gpu": True, "progress": False}
-    assert parse(("generate",), ["--manifest", "m.csv", "--out", "o"])["sampler"] == "dpm++sde"
+    assert parse(("generate",), ["--manifest", "m.csv", "--out", "o"])["sampler"] is None  # the model's default
 
 
 def test_train_and_augment_eval_flags_override_config_keys() -> None:

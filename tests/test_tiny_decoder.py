@@ -68,7 +68,12 @@ def test_tiny_decoder_learns_the_vae_decoder_and_the_bundle_keeps_the_rest(train
 
 def test_generate_with_the_tiny_decoder_records_it(trained, ray_local, tmp_path: Path):
     """`generate --decoder tiny`: every row says so, the plan records it, and a row's ECG is what the pipeline
-    makes alone with the tiny decoder (not the VAE's)."""
+    makes alone with the tiny decoder (not the VAE's). A copy of the bundle whose default sampling is set to
+    the student's two steps with the tiny decoder samples that way without being told, and says so."""
+    import shutil
+
+    from synthgen.model.bundle import set_default_sampling
+
     from synthgen.conditions.embedders import get_embedder
     from synthgen.generate.run import generate
 
@@ -86,6 +91,16 @@ def test_generate_with_the_tiny_decoder_records_it(trained, ray_local, tmp_path:
     alone = {d: pipe(cond, [int(row.seed)], sampler="lcm", steps=1, decoder=d)[0] for d in ("tiny", "vae")}
     np.testing.assert_allclose(np.stack(row.signal).astype(np.float32), alone["tiny"], atol=1e-5)
     assert np.abs(alone["tiny"] - alone["vae"]).max() > 1e-4
+
+    copy = str(tmp_path / "with-default")
+    shutil.copytree(url, copy)
+    new_hash = set_default_sampling(copy, "lcm", 2, "tiny", "a test")
+    generate(str(manifest), str(tmp_path / "out2"), model=copy, progress=False)
+    df = pd.read_parquet(tmp_path / "out2" / "shards")
+    assert set(zip(df.sampler, df.steps, df.decoder, df.model_hash)) == {("lcm", 2, "tiny", new_hash)}
+    row = df.sort_values("sample_index").iloc[0]
+    np.testing.assert_allclose(np.stack(row.signal).astype(np.float32),
+                               pipe(cond, [int(row.seed)], sampler="lcm", steps=2, decoder="tiny")[0], atol=1e-5)
 
 
 def test_a_tiny_decoder_that_does_not_fit_the_vae_is_refused_at_load(tmp_path: Path):

@@ -4,13 +4,14 @@ through the run to every sampler actor, and from which the run's identity and pr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from synthgen import __version__
 from synthgen.errors import InputError
 from synthgen.io.generated import SCHEMA_VERSION, Provenance
 from synthgen.io.paths import StorageOptions
-from synthgen.model.schedulers import DEFAULT_SAMPLER, SAMPLERS, STUDENT_SAMPLERS, default_steps
+from synthgen.model.schedulers import SAMPLERS, STUDENT_SAMPLERS, default_steps, resolve_sampling
 
 FORMATS = ("parquet", "wfdb", "both")
 PRECISIONS = ("fp32", "fp16", "bf16")  # synthgen.pipeline.PRECISIONS (not imported here: torch)
@@ -37,8 +38,10 @@ class GenerateConfig:
     out: str
     n: int | None = None
     model: str | None = None  # None: the shipped model
-    sampler: str = DEFAULT_SAMPLER
-    steps: int | None = None  # None: the sampler's default (schedulers.DEFAULT_STEPS), resolved on construction
+    # None: the model's default sampling (model.bundle.default_sampling), filled in by ``with_defaults`` once
+    # the bundle is read; steps None with a sampler given: that sampler's (schedulers.DEFAULT_STEPS)
+    sampler: str | None = None
+    steps: int | None = None
     guidance: float = 2.0
     seed: int = 0
     batch_size: int = 128  # one-thread CPU actors: 2.38 → 2.17 ms per student ECG against 32 (docs/benchmarks.md)
@@ -49,18 +52,25 @@ class GenerateConfig:
     storage_options: StorageOptions = None
     gpu: bool | None = None
     precision: str = "fp32"  # "fp16"/"bf16": the networks under autocast (ECGPipeline), for GPU actors
-    decoder: str = "vae"  # "tiny": the bundle's tiny decoder (ECGPipeline's ``decoder``)
+    decoder: str | None = None  # "vae" or "tiny" (ECGPipeline's ``decoder``); None: see ``with_defaults``
     progress: bool = True
     replace_implausible: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "steps", default_steps(self.sampler, self.steps))
+        if self.sampler is not None:
+            object.__setattr__(self, "steps", default_steps(self.sampler, self.steps))
+
+    def with_defaults(self, default: dict[str, Any]) -> GenerateConfig:
+        """This config with sampler, steps and decoder resolved against a bundle's ``default_sampling``
+        (``default``; ``schedulers.resolve_sampling``)."""
+        sampler, steps, decoder = resolve_sampling(default, self.sampler, self.steps, self.decoder)
+        return replace(self, sampler=sampler, steps=steps, decoder=decoder)
 
     def check(self) -> None:
         """Every out-of-range setting at once, as one InputError naming the options."""
         problems = [msg for bad, msg in (
             (self.n is not None and self.n < 0, f"--n={self.n}: expected a non-negative integer"),
-            (self.sampler not in SAMPLERS + STUDENT_SAMPLERS,
+            (self.sampler not in (None, *SAMPLERS, *STUDENT_SAMPLERS),
              f"--sampler={self.sampler!r}: expected one of {', '.join(SAMPLERS + STUDENT_SAMPLERS)}"),
             (self.steps is not None and self.steps < 1, f"--steps={self.steps}: expected a positive integer"),
             (not math.isfinite(self.guidance) or self.guidance < 0,
@@ -75,7 +85,8 @@ class GenerateConfig:
             (self.precision not in PRECISIONS,
              f"--precision={self.precision!r}: expected one of {', '.join(PRECISIONS)}"),
             (self.precision == "fp16" and self.gpu is not True, "--precision=fp16: needs --gpu (CPUs: fp32 or bf16)"),
-            (self.decoder not in DECODERS, f"--decoder={self.decoder!r}: expected one of {', '.join(DECODERS)}"),
+            (self.decoder not in (None, *DECODERS),
+             f"--decoder={self.decoder!r}: expected one of {', '.join(DECODERS)}"),
             (self.wfdb_fs is not None and not 0 < self.wfdb_fs <= 10_000,
              f"--wfdb-fs={self.wfdb_fs}: expected a rate in Hz, 0-10000"),
         ) if bad]

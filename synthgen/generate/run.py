@@ -24,7 +24,6 @@ from synthgen.generate.manifest import Spec, read_manifest, sample_counts, specs
 from synthgen.generate.plan import Plan
 from synthgen.io.generated import Provenance, committed_shards
 from synthgen.io.paths import check_writable, join, read_json, resolve, write_json_atomic
-from synthgen.model.consistency import check_model_sampler
 
 if TYPE_CHECKING:
     from synthgen.conditions.embedders import PrecomputedEmbedder
@@ -46,8 +45,9 @@ def _claim_out(fs, root: str, plan_doc: dict, old: dict) -> None:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
             changes = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-            hint = ("; the default sampler is now dpm++sde-20 (it was ddpm-100): pass that run's --sampler and --steps"
-                    if {"sampler", "steps"} & set(diff) else "")
+            hint = ("; without --sampler the shipped model now samples with lcm, 2 steps, tiny decoder (it was "
+                    "dpm++sde-20, vae): pass that run's --sampler, --steps and --decoder"
+                    if {"sampler", "steps", "decoder"} & set(diff) else "")
             raise InputError(f"{path} belongs to a run with different parameters ({changes}): use a new --out, or "
                              f"the same parameters to resume that run{hint}")
     else:
@@ -86,14 +86,17 @@ def run_generate(config: GenerateConfig) -> dict:
     Every ECG is checked for plausibility (synthgen.data.plausibility) and flagged per row; with
     ``replace_implausible`` = k > 0 an implausible sample is redrawn from the next seeds of its own seed
     stream, up to k times (deterministic, so exactly-once holds)."""
-    from synthgen.model.bundle import check_decoder, load_bundle  # torch: not for `synthgen --help`
+    # torch: not for `synthgen --help`
+    from synthgen.model.bundle import check_decoder, default_sampling, load_bundle
+    from synthgen.model.consistency import check_student_sampler
 
     config.check()
     out, storage_options = config.out, config.storage_options
-    check_model_sampler(config.model, storage_options, config.sampler, config.steps, config.guidance)
     specs = read_manifest(config.manifest, storage_options)
     counts = sample_counts(specs, config.n)
     bundle = load_bundle(config.model, storage_options)  # on the driver: its hash, and a bad model fails here
+    config = config.with_defaults(default_sampling(bundle.config))
+    check_student_sampler(bundle.config, config.sampler, config.steps, config.guidance, bundle.url)
     check_decoder(bundle, config.decoder)
     check_writable(out, storage_options)  # every input is valid: now the output, before Ray starts
     fs, root = resolve(out, storage_options)

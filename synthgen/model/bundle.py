@@ -21,8 +21,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from synthgen.errors import InputError
-from synthgen.io.bundles import CONFIG_FILE, load_weights, read_config, save_bundle_files
+from synthgen.io.bundles import CONFIG_FILE, load_weights, read_card, read_config, save_bundle_files
 from synthgen.io.paths import StorageOptions
+from synthgen.model.consistency import check_student_sampler
+from synthgen.model.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, STUDENT_SAMPLERS
 from synthgen.model.unet import UNet1D, UNetConfig
 from synthgen.model.vae import VAE, Decoder, VAEConfig
 
@@ -68,6 +70,42 @@ def save_bundle(url: str, vae: VAE, unet: UNet1D, config: dict[str, Any], card: 
         if module is not None:
             modules[WEIGHT_FILES[key]] = module
     return save_bundle_files(url, modules, config, card, storage_options)
+
+
+def default_sampling(config: dict[str, Any]) -> dict[str, Any]:
+    """``{"sampler", "steps", "decoder"}`` that `generate` and ``ECGPipeline`` use when no sampler is given:
+    config.json's ``sampling.default`` (``set_default_sampling``), else the teacher's ``DEFAULT_SAMPLER`` at its
+    default steps with the VAE's decoder."""
+    chosen = config.get("sampling", {}).get("default")
+    if chosen is None:
+        return {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS[DEFAULT_SAMPLER], "decoder": "vae"}
+    return {k: chosen[k] for k in ("sampler", "steps", "decoder")}
+
+
+def set_default_sampling(url: str, sampler: str, steps: int, decoder: str, reason: str,
+                         storage_options: StorageOptions = None) -> str:
+    """Make ``sampler`` at ``steps`` with ``decoder`` the default sampling of the bundle at ``url``
+    (config.json ``sampling.default``, with ``reason``: where the measurements that justify it are) and add a
+    line saying so to its model card; returns the new model hash. The weights are rewritten byte for byte.
+    Meant for whoever ships a bundle, once its student passed the gates it is held to (docs/benchmarks.md).
+    InputError if the bundle cannot sample that way (an unknown sampler, no student or tiny decoder, steps
+    out of range)."""
+    bundle = load_bundle(url, storage_options)
+    if sampler not in SAMPLERS + STUDENT_SAMPLERS or steps < 1:
+        raise InputError(f"sampler {sampler!r} at {steps} steps: expected one of "
+                         f"{', '.join(SAMPLERS + STUDENT_SAMPLERS)} at >= 1 steps")
+    if sampler in STUDENT_SAMPLERS:
+        check_student_sampler(bundle.config, sampler, steps, bundle.config["student"]["guidance"]
+                              if "student" in bundle.config else 1.0, bundle.url)
+    check_decoder(bundle, decoder)
+    config = {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")}
+    config["sampling"] = {**config.get("sampling", {}),
+                          "default": {"sampler": sampler, "steps": steps, "decoder": decoder, "reason": reason}}
+    card = read_card(url, storage_options).split("\n## Default sampling\n")[0].rstrip() + (
+        f"\n\n## Default sampling\n`synthgen generate` without `--sampler` uses `--sampler {sampler} --steps {steps} "
+        f"--decoder {decoder}` ({reason}).\n")
+    return save_bundle(url, bundle.vae, bundle.unet, config, card, storage_options, student=bundle.student,
+                       tiny_decoder=bundle.tiny_decoder)
 
 
 def shipped_bundle_url(kind: str = "model") -> str:

@@ -144,13 +144,3 @@ def check_student_sampler(config: dict[str, Any], sampler: str, steps: int, guid
     if float(guidance) != float(student["guidance"]):
         raise InputError(f"--guidance {guidance:g}: the {sampler} student has guidance {student['guidance']:g} "
                          f"folded in; pass --guidance {student['guidance']:g} or use a teacher sampler")
-
-
-def check_model_sampler(model: str | None, storage_options: Any, sampler: str, steps: int, guidance: float) -> None:
-    """``check_student_sampler`` for the bundle at ``model`` (None: the shipped one), read only for a student
-    sampler: `generate` calls it on the driver, before anything is written or started."""
-    if sampler in STUDENT_SAMPLERS:
-        from synthgen.model.bundle import load_bundle
-
-        bundle = load_bundle(model, storage_options)
-        check_student_sampler(bundle.config, sampler, steps, guidance, bundle.url)

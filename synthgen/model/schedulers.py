@@ -13,9 +13,11 @@ from typing import Any
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm++", "dpm++sde")
 # Few-step samplers of a distilled student (a bundle from `synthgen train distill`; model/consistency.py).
 STUDENT_SAMPLERS: tuple[str, ...] = ("lcm",)
-# The sampler `generate` and the pipeline use unless told, and each sampler's default step count (the one its
-# Epsilon Scaling was tuned at). dpm++sde-20 with its tuned setting leads the shipped model's test-condition
-# figures — FID, recall, HR error, CLIP, no near-flat ECG — at a fifth of ddpm-100's steps (docs/benchmarks.md).
+# The teacher's sampler: what `generate` and the pipeline use unless told when a bundle has no default sampling
+# of its own (model.bundle.default_sampling; the shipped bundle's is its student), and each sampler's default
+# step count (the one its Epsilon Scaling was tuned at). dpm++sde-20 with its tuned setting leads the teacher's
+# test-condition figures — FID, recall, HR error, CLIP, no near-flat ECG — at a fifth of ddpm-100's steps
+# (docs/benchmarks.md).
 DEFAULT_SAMPLER = "dpm++sde"
 DEFAULT_STEPS: dict[str, int] = {"ddpm": 100, "ddim": 50, "dpm++": 20, "dpm++sde": 20, "lcm": 1}
 
@@ -124,6 +126,16 @@ class EpsScale:
         import torch
 
         return torch.where(t >= self.from_t, self.factor, 1.0).to(torch.float32)[:, None, None]
+
+
+def resolve_sampling(default: dict[str, Any], sampler: str | None, steps: int | None, decoder: str | None
+                     ) -> tuple[str, int | None, str]:
+    """(sampler, steps, decoder) with what was left None filled in: all three from ``default`` (a bundle's
+    ``model.bundle.default_sampling``) when no sampler was given — a default is a package, measured as one
+    (docs/benchmarks.md) — else the sampler's own steps (``default_steps``) and the VAE's decoder."""
+    if sampler is None:
+        return default["sampler"], default["steps"] if steps is None else steps, decoder or default["decoder"]
+    return sampler, default_steps(sampler, steps), decoder or "vae"
 
 
 def default_steps(sampler: str, steps: int | None) -> int | None:

@@ -26,9 +26,10 @@ cheaper one, for CPU speed. Each worker draws its pool of points when it starts 
 epoch is one pass over it; ``dmd`` can refine the result like any student.
 
 Kept weights: ``lcd`` chooses, as in stage 2, by the ``sample_score`` of ECGs its target network makes for fixed
-validation conditions (the mean over ``DistillConfig.select_steps``); ``dmd`` keeps its final weights (the score
-does not see the variety it improves; ``DMDConfig``); ``regress`` the lowest MSE on validation conditions'
-points. The export is a bundle = teacher + ``student.safetensors``.
+validation conditions (the mean over ``DistillConfig.select_steps``); ``dmd`` by the mean FID of the student's
+ECGs for every validation condition against the validation ECGs (``DMDConfig.fid_steps``; the sample score does
+not see the variety DMD improves), or its final weights without ``fid_steps``; ``regress`` the lowest MSE on
+validation conditions' points. The export is a bundle = teacher + ``student.safetensors``.
 """
 from __future__ import annotations
 
@@ -46,10 +47,12 @@ from synthgen.conditions.embedders import get_embedder
 from synthgen.conditions.patient import PatientStats
 from synthgen.conditions.spec import Condition
 from synthgen.errors import InputError
+from synthgen.evaluate.encoder import Encoder, load_encoder
+from synthgen.evaluate.metrics import fid
 from synthgen.io.bundles import read_card
 from synthgen.io.paths import check_writable, join, resolve
-from synthgen.io.shards import SUMMARY, read_shards, read_summary
-from synthgen.model.bundle import Bundle, load_bundle, save_bundle
+from synthgen.io.shards import SUMMARY, read_shards, read_summary, signals
+from synthgen.model.bundle import Bundle, load_bundle, save_bundle, shipped_bundle_url
 from synthgen.model.consistency import (MAX_STUDENT_STEPS, consistency_output, pseudo_huber, student_sample,
                                         scaled_x0_and_eps, solver_timesteps, teacher_ddim_step,
                                         trajectory_points, x0_and_eps)
@@ -117,6 +120,32 @@ def _sample_checks(pipeline: ECGPipeline, config: dict[str, Any], cfg: DistillCo
     if not isinstance(cfg, DistillConfig):
         return {k: v for k, v in check_metrics(found).items() if k != "select"}
     return check_metrics(found, [f"{SAMPLER}-{s}" for s in cfg.select_steps])
+
+
+def _fid_reference(data: str, conditions: Any, storage_options: dict | None) -> dict[str, Any]:
+    """What the workers need for dmd's validation FID (``DMDConfig.fid_steps``): every validation condition of
+    ``conditions`` (the shards' condition columns), the shipped evaluate encoder's URL and its features (N, d) of
+    the validation ECGs. InputError for fewer than 5 validation ECGs (FID needs a covariance)."""
+    real = read_shards(data, "val", ["signal"], storage_options)
+    if real.num_rows < 5:
+        raise InputError(f"--data {data}: {real.num_rows} validation ECGs; dmd's validation FID needs at least 5 "
+                         "(or a preset with fid_steps=())")
+    url = shipped_bundle_url("encoder")
+    return {"conditions": check_conditions(conditions, conditions.num_rows), "encoder": url,
+            "features": load_encoder(url).features(signals(real))}
+
+
+def _fid_checks(pipeline: ECGPipeline, config: dict[str, Any], cfg: DMDConfig, encoder: Encoder
+                ) -> dict[str, float]:
+    """``lcm<k>_fid`` for k in ``cfg.fid_steps``: FID of the student's k-step ECGs (seeds 0…n−1, the VAE decoder)
+    for every validation condition against the validation ECGs, in ``encoder``'s features (what `synthgen
+    evaluate --split val` measures); ``select``, their mean, chooses the kept weights."""
+    reference = config["fid"]
+    conditions = [Condition(**c) for c in reference["conditions"]]
+    seeds, guidance = list(range(len(conditions))), float(config["student"]["guidance"])
+    fids = {f"{SAMPLER}{k}_fid": fid(reference["features"], encoder.features(
+        pipeline(conditions, seeds, sampler=SAMPLER, steps=k, guidance=guidance))) for k in cfg.fid_steps}
+    return {**fids, "select": sum(fids.values()) / len(fids)}
 
 
 def _worker_embedder(config: dict[str, Any]) -> Any:
@@ -236,9 +265,12 @@ def dmd_worker(config: dict[str, Any]) -> None:
     student, fake = ray.train.torch.prepare_model(student), ray.train.torch.prepare_model(fake)
     if classifier is not None:  # its gradients averaged over workers like the fake network's
         classifier = ray.train.torch.prepare_model(classifier)
+    ema = EMA(unwrap(student), dc.ema_decay) if dc.ema_decay is not None else None
+    checked = ema.model if ema is not None else unwrap(student)  # the weights the checks see and the run keeps
     seed_worker(tc.seed)
     embedder = _worker_embedder(config)
-    pipeline = _pipeline(config, vae, teacher, unwrap(student), embedder, device)
+    pipeline = _pipeline(config, vae, teacher, checked, embedder, device)
+    encoder = load_encoder(config["fid"]["encoder"]) if dc.fid_steps else None
     prediction_type = pipeline.noise["prediction_type"]
     scheduler = make_scheduler(SAMPLER, **pipeline.noise,
                                original_inference_steps=config["student"]["original_inference_steps"])
@@ -321,29 +353,35 @@ def dmd_worker(config: dict[str, Any]) -> None:
         loss = dmd_loss(x, gradient)
         if classifier is not None:
             loss = loss + dc.gan_weight * gan_generator_loss(x, cond)
-        return optimizer_step(loss, student, optimizer)
+        loss = optimizer_step(loss, student, optimizer)
+        if ema is not None:
+            ema.update(unwrap(student))
+        return loss
 
     @torch.no_grad()
     def validate(epoch: int) -> dict[str, float]:
-        """The sample checks (every ``sample_check_every`` epochs) and, with the GAN term, the epoch's mean
-        classifier and generator losses (gan_d at 2 ln 2 ≈ 1.386 = the classifier at chance)."""
+        """The sample checks and validation FIDs (every ``sample_check_every`` epochs) and, with the GAN term, the
+        epoch's mean classifier and generator losses (gan_d at 2 ln 2 ≈ 1.386 = the classifier at chance)."""
         losses = {f"gan_{k}": mean_over_workers(sum(v), len(v)) for k, v in gan_losses.items() if v}
         for v in gan_losses.values():
             v.clear()
-        unwrap(student).eval()
+        checked.eval()
         try:
             if (epoch + 1) % dc.sample_check_every and epoch + 1 != dc.stage.epochs:
                 return losses
-            return {**losses, **_sample_checks(pipeline, config, dc)}
+            found = {**losses, **_sample_checks(pipeline, config, dc)}
+            return found if encoder is None else {**found, **_fid_checks(pipeline, config, dc, encoder)}
         finally:
-            unwrap(student).train()
+            if ema is None:
+                checked.train()
 
     fit(
         name="distill", stage=dc.stage,
         stateful={"model": unwrap(student), "fake": unwrap(fake), "optimizer": optimizer,
                   "fake_optimizer": fake_optimizer,
-                  **({"discriminator": unwrap(classifier)} if classifier is not None else {})},
-        best_source=unwrap(student),
+                  **({"discriminator": unwrap(classifier)} if classifier is not None else {}),
+                  **({"ema": ema} if ema is not None else {})},
+        best_source=checked,
         batches=lambda epoch: iter_numpy(train_shard, dc.stage.batch_size, shuffle=True,
                                           seed=shuffle_seed(tc.seed, epoch)),
         train_step=train_step, validate=validate,
@@ -463,7 +501,11 @@ def _card(teacher_card: str, student: dict[str, Any], command: str) -> str:
                         f"latents from noised student samples (weight {cfg['gan_d_weight']:g} in the fake score's "
                         f"loss, head lr {cfg['gan_head_lr']:g}); the student adds {cfg['gan_weight']:g} × "
                         "softplus(−D) of its samples")
-        kept = "kept the final student weights"
+        weights = (f"the student's EMA (decay {cfg['ema_decay']:g})" if cfg.get("ema_decay") is not None
+                   else "the student")
+        kept = (f"kept the final weights of {weights}" if "best_val_fid" not in t else
+                f"kept the weights of {weights} with the lowest mean validation FID over "
+                f"{', '.join(str(k) for k in cfg['fid_steps'])} steps ({t['best_val_fid']:.3f})")
     elif student["method"] == METHODS["regress"]:
         start, width = student["initialised_from"], student["model"]["base_channels"]
         head = [
@@ -593,10 +635,13 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
         _check_regress(cfg, bundle, preset, dataset_info, workers, teacher)
     if method == "dmd" and not (cfg.fake_updates >= 1 and 0 <= cfg.t_range[0] <= cfg.t_range[1] < noise["T"]
                                 and 0 < len(cfg.student_steps) and all(1 <= k <= MAX_STUDENT_STEPS
-                                                                        for k in cfg.student_steps)):
+                                                                        for k in cfg.student_steps + cfg.fid_steps)):
         raise InputError(f"preset {preset!r}: dmd needs fake_updates >= 1, 0 <= t_range[0] <= t_range[1] < "
-                         f"{noise['T']} (the teacher's T) and student_steps in 1..{MAX_STUDENT_STEPS}; got "
-                         f"{cfg.fake_updates}, {list(cfg.t_range)} and {list(cfg.student_steps)}")
+                         f"{noise['T']} (the teacher's T) and student_steps (at least one) and fid_steps in "
+                         f"1..{MAX_STUDENT_STEPS}; got {cfg.fake_updates}, {list(cfg.t_range)}, "
+                         f"{list(cfg.student_steps)} and {list(cfg.fid_steps)}")
+    if method == "dmd" and not (cfg.ema_decay is None or 0 < cfg.ema_decay < 1):
+        raise InputError(f"preset {preset!r}: dmd's ema_decay must be None (off) or in (0, 1); got {cfg.ema_decay}")
     if method == "dmd" and not (cfg.gan_weight == 0 or (cfg.gan_weight > 0 and cfg.gan_d_weight > 0
                                                          and cfg.gan_head_lr > 0)):
         raise InputError(f"preset {preset!r}: dmd's GAN term needs gan_weight 0 (off) or > 0 with gan_d_weight > 0 "
@@ -616,6 +661,8 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
     started = time.time()
     conditions_table = read_shards(data, columns=CONDITION_COLUMNS, storage_options=storage_options)
     checks = check_conditions(conditions_table, cfg.sample_check_n)
+    fid_reference = _fid_reference(data, conditions_table, storage_options) if method == "dmd" and cfg.fid_steps \
+        else None
     # the workers print the epoch lines, which are the progress: no Ray Data bars
     with ray_session(worker_output=True) as ray, data_context(enable_progress_bars=False):
         from synthgen.train.datasets import split_datasets
@@ -630,6 +677,8 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
                   "embedder": emb.name, "storage_options": storage_options,
                   "cache": fill_embedding_cache(conditions_table, emb, out, storage_options, "distill"),
                   "patient_stats": bundle.config["patient_stats"], "check_conditions": checks}
+        if fid_reference is not None:
+            config["fid"] = fid_reference
         if method != "lcd":
             config.update(student_state=bundle.student.state_dict(), student_model=asdict(bundle.student.cfg))
         if method == "regress":
@@ -639,17 +688,20 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
         # different state): a killed run of one cannot be resumed as another
         folder = "distill" if method == "lcd" else f"distill-{method}"
         folder += "-gan" if method == "dmd" and cfg.gan_weight > 0 else ""
+        folder += "-ema" if method == "dmd" and cfg.ema_decay is not None else ""
         trainer = _trainer(worker, config, folder, out, workers, gpu, datasets, storage_options)
         state = _final_state(trainer.fit())
     seconds = round(time.time() - started, 1)
     student = UNet1D(UNetConfig(**student_info["model"]))
-    student.load_state_dict(state["model"] if method == "dmd" else state["best"])
+    keep_best = method != "dmd" or bool(cfg.fid_steps)  # else dmd's final weights (its EMA's, with one)
+    student.load_state_dict(state["best"] if keep_best else state["ema"]["model"] if "ema" in state
+                            else state["model"])
     student.eval()
     pipeline = ECGPipeline(Bundle(bundle.vae, bundle.unet, {**bundle.config, "student": student_info},
                                   bundle.model_hash, bundle.url, student=student), embedder=emb)
     conditions = [Condition(**c) for c in checks]
     progress = state["progress"]
-    kept_epoch = progress["epoch"] if method == "dmd" else progress["best_epoch"] + 1
+    kept_epoch = progress["best_epoch"] + 1 if keep_best else progress["epoch"]
     student_info.update(
         scores=score_samplers(pipeline, conditions, [(SAMPLER, s) for s in cfg.sample_check_steps],
                               student_info["guidance"]),
@@ -658,7 +710,8 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
                   "steps": progress["global_step"], "resumed_at_steps": progress["resumed_at"],
                   "best_epoch": kept_epoch,
                   **({"best_sample_score": progress["best_val"]} if method == "lcd" else
-                     {"best_val_mse": progress["best_val"]} if method == "regress" else {}),
+                     {"best_val_mse": progress["best_val"]} if method == "regress" else
+                     {"best_val_fid": progress["best_val"]} if keep_best else {}),
                   "check_n": len(conditions), "ranks": progress["ranks"], "workers": workers, "gpu": gpu,
                   "torch": torch.__version__, "seconds": seconds})
     config = {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")}
