@@ -28,7 +28,7 @@ from synthgen.pipeline import ECGPipeline
 
 def ms_per_step(pipe: ECGPipeline, batch: int, steps: int = 20) -> dict[str, float]:
     conditions = [Condition(("sinus rhythm",), 55.0, "M", 70.0)] * batch
-    pipe(conditions[:1], seeds=[0], steps=2)  # warm-up
+    pipe(conditions[:1], seeds=[0], sampler="ddim", steps=2)  # warm-up
     t = time.perf_counter()
     pipe(conditions, seeds=list(range(batch)), sampler="ddim", steps=steps)
     total = time.perf_counter() - t

@@ -69,8 +69,10 @@ def main() -> None:
         bundle = pipeline.bundle
         card = read_card(bundle.url) + retuned_note(sampling)
         config = {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")}
+        if "default" in old:  # the default sampling is not what is retuned here
+            sampling["default"] = old["default"]
         model_hash = save_bundle(args.write, bundle.vae, bundle.unet, {**config, "sampling": sampling}, card,
-                                 student=bundle.student)
+                                 student=bundle.student, tiny_decoder=bundle.tiny_decoder)
         print(f"wrote {join(args.write, 'config.json')} (model hash {model_hash})")
 
 

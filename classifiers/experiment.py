@@ -86,7 +86,8 @@ def _synthetic_provenance(url: str, storage_options: StorageOptions) -> dict:
         return {"url": url}
     done = read_json(fs, path)
     return {"url": url, "run_id": done.get("run_id"), **{k: done.get("params", {}).get(k) for k in
-                                                          ("model_hash", "sampler", "steps", "guidance", "seed")}}
+                                                          ("model_hash", "sampler", "steps", "guidance", "seed")},
+            "decoder": done.get("params", {}).get("decoder", "vae")}  # recorded in plans when not the VAE's
 
 
 def _check_args(tasks: list[str], seeds: int, epochs: int, ratios: list[float], n_synthetic: int,

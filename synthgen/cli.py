@@ -25,7 +25,7 @@ import typer
 from typer.core import TyperGroup
 
 from synthgen.errors import InputError, outside_failure
-from synthgen.model.schedulers import DEFAULT_STEPS
+from synthgen.model.schedulers import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 
 class _Commands(TyperGroup):
@@ -339,7 +339,7 @@ def generate(
                                                    "--sampler that sampler's own — "
                                                    f"{', '.join(f'{k} {v}' for k, v in DEFAULT_STEPS.items())}; "
                                                    "the paper's DDPM uses 1000)."),
-    guidance: float = typer.Option(2.0, help="Classifier-free guidance scale (1 = none)."),
+    guidance: float = typer.Option(DEFAULT_GUIDANCE, help="Classifier-free guidance scale (1 = none)."),
     seed: int = typer.Option(0, help="Run seed; each sample's seed derives from (seed, spec, index)."),
     batch_size: int = typer.Option(128, help="ECGs per forward pass in each actor."),
     actors: Optional[int] = typer.Option(None, help="Sampler actors (default: one per GPU the cluster has or can "

@@ -27,7 +27,8 @@ from synthgen.errors import InputError
 from synthgen.io.paths import StorageOptions
 from synthgen.model.bundle import Bundle, check_decoder, default_sampling, load_bundle
 from synthgen.model.consistency import check_student_sampler
-from synthgen.model.schedulers import STUDENT_SAMPLERS, EpsScale, epsilon_scaling, make_scheduler, resolve_sampling
+from synthgen.model.schedulers import (DEFAULT_GUIDANCE, STUDENT_SAMPLERS, EpsScale, epsilon_scaling, make_scheduler,
+                                       resolve_sampling)
 
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -120,7 +121,7 @@ class ECGPipeline:
 
     @torch.inference_mode()
     def __call__(self, conditions: Sequence[Condition], seeds: Sequence[int], sampler: str | None = None,
-                 steps: int | None = None, guidance: float = 2.0,
+                 steps: int | None = None, guidance: float = DEFAULT_GUIDANCE,
                  eps_scale: float | str | EpsScale | None = None, decoder: str | None = None) -> np.ndarray:
         """float32 (B, 12, 1024) ECGs in mV, limb leads lawful. ``sampler`` None: the bundle's default sampling
         (``model.bundle.default_sampling``: sampler, steps and decoder, each unless given); ``steps`` None with a

@@ -331,7 +331,7 @@ def test_default_sampling_is_set_on_a_bundle_that_can_sample_that_way(tmp_path: 
     """set_default_sampling: refused (one line) for a sampling the bundle cannot do; otherwise config.json's
     sampling.default, a new model hash, byte-identical weights, one card section (replaced when set again),
     and the pipeline without a sampler samples that way."""
-    from synthgen.model.bundle import default_sampling, set_default_sampling
+    from synthgen.model.bundle import default_sampling, set_default_sampling, without_default_sampling
 
     url = str(tmp_path / "b")
     before = tiny_teacher(url, student=True)
@@ -349,10 +349,17 @@ def test_default_sampling_is_set_on_a_bundle_that_can_sample_that_way(tmp_path: 
     pipe = ECGPipeline(bundle, embedder=HashEmbedder())
     np.testing.assert_array_equal(pipe(CONDITIONS, seeds=[1, 2, 3]),
                                   pipe(CONDITIONS, seeds=[1, 2, 3], sampler="lcm", steps=2, decoder="vae"))
+    (Path(url) / "MODEL_CARD.md").write_text((Path(url) / "MODEL_CARD.md").read_text() + "\n## Later\n\nkept\n")
     set_default_sampling(url, "ddim", 10, "vae", reason="again")
     card = (Path(url) / "MODEL_CARD.md").read_text()
     assert card.startswith("# Tiny test teacher") and card.count("## Default sampling") == 1
-    assert "`--sampler ddim --steps 10 --decoder vae` (again)" in card
+    assert "`--sampler ddim --steps 10 --decoder vae` (again)" in card and "## Later\n\nkept\n" in card
+    config, card = without_default_sampling(load_bundle(url).config, card)  # what a derived bundle starts from
+    assert default_sampling(config)["sampler"] == "dpm++sde" and "Default sampling" not in card
+    assert card.startswith("# Tiny test teacher") and "## Later\n\nkept\n" in card
+    bad = {"sampling": {"default": {"sampler": "lcm", "steps": 0, "decoder": "tiny"}}}
+    with pytest.raises(InputError, match="config.json: sampling.default must be"):
+        default_sampling(bad)
     tiny_teacher(str(tmp_path / "plain"))
     with pytest.raises(InputError, match="has no distilled student"):
         set_default_sampling(str(tmp_path / "plain"), "lcm", 1, "vae", reason="r")
@@ -520,11 +527,17 @@ def test_tiny_dmd_refines_the_narrow_student_and_records_where_it_started(narrow
                                                                          tmp_path: Path):
     """`synthgen train distill --method dmd` (tiny preset) from the regressed bundle: the bundle keeps the
     teacher, the student keeps its width and moved away from where it started, and the config and card say how
-    it was made; the student samples in one step."""
+    it was made; the kept weights are the student's EMA at the epoch of lowest validation FID; the teacher
+    bundle's default sampling is not inherited; the student samples in one step."""
+    import shutil
+
     from synthgen.conditions.embedders import get_embedder
+    from synthgen.model.bundle import default_sampling, set_default_sampling
 
     assert narrow[2].returncode == 0, narrow[2].stdout[-3000:] + narrow[2].stderr[-3000:]
-    teacher, out = narrow[1] / "distilled", tmp_path / "run"
+    teacher, out = tmp_path / "teacher", tmp_path / "run"
+    shutil.copytree(narrow[1] / "distilled", teacher)
+    set_default_sampling(str(teacher), "lcm", 2, "vae", reason="the teacher's gates")
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
     args = [*SYNTHGEN, "train", "distill", "--data", str(ptbxl_shards), "--out", str(out), "--teacher", str(teacher),
             "--method", "dmd", "--preset", "tiny"]
@@ -558,6 +571,15 @@ def test_tiny_dmd_refines_the_narrow_student_and_records_where_it_started(narrow
     kept = int(np.argmin(selects))
     assert student["training"]["best_epoch"] == kept + 1
     assert student["training"]["best_val_fid"] == pytest.approx(selects[kept], rel=1e-3)
+    assert default_sampling(bundle.config)["sampler"] == "dpm++sde" and "## Default sampling" not in card
+    states = sorted((out / "checkpoints").rglob("state.pt"), key=lambda p: p.stat().st_mtime)
+    state = torch.load(states[-1], map_location="cpu", weights_only=True)
+
+    def same(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    assert same(bundle.student.state_dict(), state["best"]) and not same(state["best"], state["model"])
+    assert same(state["best"], state["ema"]["model"]) == (kept == len(lines) - 1)  # the EMA, not the raw weights
     assert f"kept the weights of the student's EMA (decay {get_preset('tiny').dmd.ema_decay:g}) with the lowest mean " \
            "validation FID over 1, 2 steps" in card
     ecg = ECGPipeline(bundle, get_embedder("local"))([Condition(("sinus rhythm",), 60, "F", 70)], seeds=[5],
@@ -567,8 +589,8 @@ def test_tiny_dmd_refines_the_narrow_student_and_records_where_it_started(narrow
 
 def test_dmd_settings_outside_the_teachers_schedule_are_refused(ptbxl_shards, tmp_path: Path, monkeypatch):
     """A DMD timestep range beyond the teacher's T, no fake-score update, a student or FID step count the
-    sampler does not take, a negative GAN weight or an EMA decay outside (0, 1) is a one-line error before Ray
-    starts."""
+    sampler does not take, a negative GAN weight, an EMA decay outside (0, 1) or a validation FID on fewer than
+    5 ECGs is a one-line error before Ray starts."""
     from dataclasses import replace
 
     from synthgen.train import distill_stage
@@ -592,9 +614,9 @@ def test_dmd_settings_outside_the_teachers_schedule_are_refused(ptbxl_shards, tm
                                              r"and gan_head_lr > 0; got "):
             distill_stage.distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="dmd",
                                   preset="tiny")
-    for bad in (replace(tiny.dmd, ema_decay=1.0), replace(tiny.dmd, ema_decay=0.0)):
+    for bad in (replace(tiny.dmd, ema_decay=1.0), replace(tiny.dmd, ema_decay=0.0), replace(tiny.dmd, fid_n=4)):
         monkeypatch.setattr(distill_stage, "get_preset", lambda name, seed, bad=bad: replace(tiny, dmd=bad))
-        with pytest.raises(InputError, match=r"dmd's ema_decay must be None \(off\) or in \(0, 1\); got "):
+        with pytest.raises(InputError, match=r"dmd's ema_decay must be None \(off\) or in \(0, 1\) and fid_n >= 5; "):
             distill_stage.distill(str(ptbxl_shards), str(tmp_path / "run"), teacher=str(teacher), method="dmd",
                                   preset="tiny")
     assert not (tmp_path / "run").exists()

@@ -11,7 +11,7 @@ from synthgen import __version__
 from synthgen.errors import InputError
 from synthgen.io.generated import SCHEMA_VERSION, Provenance
 from synthgen.io.paths import StorageOptions
-from synthgen.model.schedulers import SAMPLERS, STUDENT_SAMPLERS, default_steps, resolve_sampling
+from synthgen.model.schedulers import DEFAULT_GUIDANCE, SAMPLERS, STUDENT_SAMPLERS, default_steps, resolve_sampling
 
 FORMATS = ("parquet", "wfdb", "both")
 PRECISIONS = ("fp32", "fp16", "bf16")  # synthgen.pipeline.PRECISIONS (not imported here: torch)
@@ -42,7 +42,7 @@ class GenerateConfig:
     # the bundle is read; steps None with a sampler given: that sampler's (schedulers.DEFAULT_STEPS)
     sampler: str | None = None
     steps: int | None = None
-    guidance: float = 2.0
+    guidance: float = DEFAULT_GUIDANCE
     seed: int = 0
     batch_size: int = 128  # one-thread CPU actors: 2.38 → 2.17 ms per student ECG against 32 (docs/benchmarks.md)
     actors: int | None = None

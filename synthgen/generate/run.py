@@ -45,9 +45,11 @@ def _claim_out(fs, root: str, plan_doc: dict, old: dict) -> None:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
             changes = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-            hint = ("; without --sampler the shipped model now samples with lcm, 2 steps, tiny decoder (it was "
-                    "dpm++sde-20, vae): pass that run's --sampler, --steps and --decoder"
-                    if {"sampler", "steps", "decoder"} & set(diff) else "")
+            hint = ("; without --sampler a model samples with its default sampling (the shipped model's is now lcm, "
+                    "2 steps, tiny decoder; it was dpm++sde-20, vae): pass that run's --sampler, --steps and "
+                    "--decoder" if {"sampler", "steps", "decoder"} & set(diff) else "")
+            if "model_hash" in diff:
+                hint += "; and its model (a changed bundle, even only its config.json, is another model)"
             raise InputError(f"{path} belongs to a run with different parameters ({changes}): use a new --out, or "
                              f"the same parameters to resume that run{hint}")
     else:

@@ -24,7 +24,7 @@ from synthgen.errors import InputError
 from synthgen.io.bundles import CONFIG_FILE, load_weights, read_card, read_config, save_bundle_files
 from synthgen.io.paths import StorageOptions
 from synthgen.model.consistency import check_student_sampler
-from synthgen.model.schedulers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, STUDENT_SAMPLERS
+from synthgen.model.schedulers import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, STUDENT_SAMPLERS
 from synthgen.model.unet import UNet1D, UNetConfig
 from synthgen.model.vae import VAE, Decoder, VAEConfig
 
@@ -32,6 +32,7 @@ WEIGHT_FILES = {"vae": "vae.safetensors", "unet": "unet.safetensors", "student":
                 "tiny_decoder": "tiny_decoder.safetensors"}
 DECODERS = ("vae", "tiny")  # the VAE's decoder, or the bundle's tiny decoder
 REQUIRED_KEYS = ("vae", "unet", "latent_scale", "embedder", "patient_stats", "noise", "files")  # to sample
+DEFAULT_SECTION = "## Default sampling"  # the model card's section on it (set_default_sampling)
 
 
 @dataclass
@@ -79,7 +80,32 @@ def default_sampling(config: dict[str, Any]) -> dict[str, Any]:
     chosen = config.get("sampling", {}).get("default")
     if chosen is None:
         return {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS[DEFAULT_SAMPLER], "decoder": "vae"}
-    return {k: chosen[k] for k in ("sampler", "steps", "decoder")}
+    found = {k: chosen.get(k) for k in ("sampler", "steps", "decoder")} if isinstance(chosen, dict) else {}
+    if not (found.get("sampler") in SAMPLERS + STUDENT_SAMPLERS and isinstance(found.get("steps"), int)
+            and found["steps"] >= 1 and found.get("decoder") in DECODERS):
+        raise InputError(f"{CONFIG_FILE}: sampling.default must be {{sampler, steps >= 1, decoder}} with a known "
+                         f"sampler and decoder; got {chosen!r}")
+    return found
+
+
+def replace_card_section(card: str, heading: str, body: str | None = None) -> str:
+    """``card`` without its section under ``heading`` (up to the next ``## `` heading or the end), and with
+    ``body`` under ``heading`` at the end unless it is None."""
+    head, found, rest = card.partition(heading)
+    if found:
+        following = rest.find("\n## ")
+        card = head + ("" if following < 0 else rest[following + 1:])
+    card = card.rstrip() + "\n"
+    return card if body is None else f"{card}\n{heading}\n\n{body.strip()}\n"
+
+
+def without_default_sampling(config: dict[str, Any], card: str) -> tuple[dict[str, Any], str]:
+    """A bundle's config and card without its default sampling, for a bundle derived from it (a new student or
+    decoder): the default was set on the measurements of the parts it replaces."""
+    if "default" not in config.get("sampling", {}):
+        return config, card
+    sampling = {k: v for k, v in config["sampling"].items() if k != "default"}
+    return {**config, "sampling": sampling}, replace_card_section(card, DEFAULT_SECTION)
 
 
 def set_default_sampling(url: str, sampler: str, steps: int, decoder: str, reason: str,
@@ -87,23 +113,22 @@ def set_default_sampling(url: str, sampler: str, steps: int, decoder: str, reaso
     """Make ``sampler`` at ``steps`` with ``decoder`` the default sampling of the bundle at ``url``
     (config.json ``sampling.default``, with ``reason``: where the measurements that justify it are) and add a
     line saying so to its model card; returns the new model hash. The weights are rewritten byte for byte.
-    Meant for whoever ships a bundle, once its student passed the gates it is held to (docs/benchmarks.md).
-    InputError if the bundle cannot sample that way (an unknown sampler, no student or tiny decoder, steps
-    out of range)."""
+    Meant for whoever ships a bundle, once its student passed the gates it is held to (docs/benchmarks.md); a
+    bundle derived from this one (`train distill`, `train tiny-decoder`) drops it (``without_default_sampling``).
+    InputError if the bundle cannot sample that way at `generate`'s default guidance (an unknown sampler, no
+    student or tiny decoder, steps out of range, a student with another guidance folded in)."""
     bundle = load_bundle(url, storage_options)
     if sampler not in SAMPLERS + STUDENT_SAMPLERS or steps < 1:
         raise InputError(f"sampler {sampler!r} at {steps} steps: expected one of "
                          f"{', '.join(SAMPLERS + STUDENT_SAMPLERS)} at >= 1 steps")
-    if sampler in STUDENT_SAMPLERS:
-        check_student_sampler(bundle.config, sampler, steps, bundle.config["student"]["guidance"]
-                              if "student" in bundle.config else 1.0, bundle.url)
+    check_student_sampler(bundle.config, sampler, steps, DEFAULT_GUIDANCE, bundle.url)
     check_decoder(bundle, decoder)
     config = {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")}
     config["sampling"] = {**config.get("sampling", {}),
                           "default": {"sampler": sampler, "steps": steps, "decoder": decoder, "reason": reason}}
-    card = read_card(url, storage_options).split("\n## Default sampling\n")[0].rstrip() + (
-        f"\n\n## Default sampling\n`synthgen generate` without `--sampler` uses `--sampler {sampler} --steps {steps} "
-        f"--decoder {decoder}` ({reason}).\n")
+    card = replace_card_section(read_card(url, storage_options), DEFAULT_SECTION,
+                                f"`synthgen generate` without `--sampler` uses `--sampler {sampler} --steps {steps} "
+                                f"--decoder {decoder}` ({reason}).")
     return save_bundle(url, bundle.vae, bundle.unet, config, card, storage_options, student=bundle.student,
                        tiny_decoder=bundle.tiny_decoder)
 

@@ -19,6 +19,7 @@ STUDENT_SAMPLERS: tuple[str, ...] = ("lcm",)
 # test-condition figures — FID, recall, HR error, CLIP, no near-flat ECG — at a fifth of ddpm-100's steps
 # (docs/benchmarks.md).
 DEFAULT_SAMPLER = "dpm++sde"
+DEFAULT_GUIDANCE = 2.0  # `generate`'s and the pipeline's classifier-free guidance unless told
 DEFAULT_STEPS: dict[str, int] = {"ddpm": 100, "ddim": 50, "dpm++": 20, "dpm++sde": 20, "lcm": 1}
 
 

@@ -52,7 +52,7 @@ from synthgen.evaluate.metrics import fid
 from synthgen.io.bundles import read_card
 from synthgen.io.paths import check_writable, join, resolve
 from synthgen.io.shards import SUMMARY, read_shards, read_summary, signals
-from synthgen.model.bundle import Bundle, load_bundle, save_bundle, shipped_bundle_url
+from synthgen.model.bundle import Bundle, load_bundle, save_bundle, shipped_bundle_url, without_default_sampling
 from synthgen.model.consistency import (MAX_STUDENT_STEPS, consistency_output, pseudo_huber, student_sample,
                                         scaled_x0_and_eps, solver_timesteps, teacher_ddim_step,
                                         trajectory_points, x0_and_eps)
@@ -113,8 +113,8 @@ def _conditions(batch: dict, embedder: Any, device: torch.device, dropout: Train
 def _sample_checks(pipeline: ECGPipeline, config: dict[str, Any], cfg: DistillConfig | DMDConfig | RegressConfig
                    ) -> dict[str, float]:
     """Sample scores of the student at ``cfg.sample_check_steps``; for lcd also ``select`` (the mean over its
-    ``select_steps``), which chooses the kept weights. dmd keeps its final weights (``DMDConfig``), regress
-    chooses by its validation loss."""
+    ``select_steps``), which chooses the kept weights. dmd chooses by its validation FID (``_fid_checks``),
+    regress by its validation loss."""
     found = score_samplers(pipeline, [Condition(**c) for c in config["check_conditions"]],
                            [(SAMPLER, s) for s in cfg.sample_check_steps], float(config["student"]["guidance"]))
     if not isinstance(cfg, DistillConfig):
@@ -122,17 +122,18 @@ def _sample_checks(pipeline: ECGPipeline, config: dict[str, Any], cfg: DistillCo
     return check_metrics(found, [f"{SAMPLER}-{s}" for s in cfg.select_steps])
 
 
-def _fid_reference(data: str, conditions: Any, storage_options: dict | None) -> dict[str, Any]:
-    """What the workers need for dmd's validation FID (``DMDConfig.fid_steps``): every validation condition of
-    ``conditions`` (the shards' condition columns), the shipped evaluate encoder's URL and its features (N, d) of
-    the validation ECGs. InputError for fewer than 5 validation ECGs (FID needs a covariance)."""
+def _fid_reference(data: str, conditions: Any, n: int, storage_options: dict | None) -> dict[str, Any]:
+    """What the workers need for dmd's validation FID (``DMDConfig.fid_steps``): up to ``n`` validation
+    conditions of ``conditions`` (the shards' condition columns; spread over the heart-rate range), the shipped
+    evaluate encoder's URL and its features (N, d) of the first ``n`` validation ECGs. InputError for fewer than
+    5 validation ECGs (FID needs a covariance)."""
     real = read_shards(data, "val", ["signal"], storage_options)
     if real.num_rows < 5:
         raise InputError(f"--data {data}: {real.num_rows} validation ECGs; dmd's validation FID needs at least 5 "
                          "(or a preset with fid_steps=())")
     url = shipped_bundle_url("encoder")
-    return {"conditions": check_conditions(conditions, conditions.num_rows), "encoder": url,
-            "features": load_encoder(url).features(signals(real))}
+    return {"conditions": check_conditions(conditions, n), "encoder": url,
+            "features": load_encoder(url).features(signals(real.slice(0, n)))}
 
 
 def _fid_checks(pipeline: ECGPipeline, config: dict[str, Any], cfg: DMDConfig, encoder: Encoder
@@ -605,7 +606,9 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
     docstring); returns its URL. ``epochs``/``batch_size`` override the preset's (the method's ``stage``).
 
     Resumable like the other stages: rerunning the same command continues from ``out``/checkpoints/distill
-    (distill-dmd, distill-dmd-gan with the GAN term, distill-regress), and a finished run is not repeated.
+    (distill-dmd, with the GAN term and the student's EMA distill-dmd-gan, -dmd-ema or -dmd-gan-ema;
+    distill-regress), and a finished run is not repeated. The exported bundle has no default sampling (its
+    student has not passed the gates the teacher bundle's default was set on).
     InputError for an unknown method, shards without a summary, a teacher that is not v-prediction (ε says
     nothing about x₀ at the 1-step start ᾱ_T = 0), "dmd" or "regress" on a teacher bundle without a student, a
     regress width not narrower than the student's, settings outside their ranges, or an unwritable ``out``.
@@ -640,8 +643,9 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
                          f"{noise['T']} (the teacher's T) and student_steps (at least one) and fid_steps in "
                          f"1..{MAX_STUDENT_STEPS}; got {cfg.fake_updates}, {list(cfg.t_range)}, "
                          f"{list(cfg.student_steps)} and {list(cfg.fid_steps)}")
-    if method == "dmd" and not (cfg.ema_decay is None or 0 < cfg.ema_decay < 1):
-        raise InputError(f"preset {preset!r}: dmd's ema_decay must be None (off) or in (0, 1); got {cfg.ema_decay}")
+    if method == "dmd" and not ((cfg.ema_decay is None or 0 < cfg.ema_decay < 1) and cfg.fid_n >= 5):
+        raise InputError(f"preset {preset!r}: dmd's ema_decay must be None (off) or in (0, 1) and fid_n >= 5; got "
+                         f"{cfg.ema_decay} and {cfg.fid_n}")
     if method == "dmd" and not (cfg.gan_weight == 0 or (cfg.gan_weight > 0 and cfg.gan_d_weight > 0
                                                          and cfg.gan_head_lr > 0)):
         raise InputError(f"preset {preset!r}: dmd's GAN term needs gan_weight 0 (off) or > 0 with gan_d_weight > 0 "
@@ -661,8 +665,8 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
     started = time.time()
     conditions_table = read_shards(data, columns=CONDITION_COLUMNS, storage_options=storage_options)
     checks = check_conditions(conditions_table, cfg.sample_check_n)
-    fid_reference = _fid_reference(data, conditions_table, storage_options) if method == "dmd" and cfg.fid_steps \
-        else None
+    fid_reference = (_fid_reference(data, conditions_table, cfg.fid_n, storage_options)
+                     if method == "dmd" and cfg.fid_steps else None)
     # the workers print the epoch lines, which are the progress: no Ray Data bars
     with ray_session(worker_output=True) as ray, data_context(enable_progress_bars=False):
         from synthgen.train.datasets import split_datasets
@@ -714,9 +718,11 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
                      {"best_val_fid": progress["best_val"]} if keep_best else {}),
                   "check_n": len(conditions), "ranks": progress["ranks"], "workers": workers, "gpu": gpu,
                   "torch": torch.__version__, "seconds": seconds})
-    config = {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")}
+    config, teacher_card = without_default_sampling(
+        {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")},
+        read_card(bundle.url, storage_options))  # a new student has not passed the gates the default was set on
     config["student"] = student_info
-    card = _card(read_card(bundle.url, storage_options), student_info,
+    card = _card(teacher_card, student_info,
                  command or f"synthgen train distill --data {data} --out {out} --preset {preset} --method {method}")
     save_bundle(url, bundle.vae, bundle.unet, config, card, storage_options=storage_options, student=student,
                 tiny_decoder=bundle.tiny_decoder)  # the same VAE latents: the teacher's tiny decoder still fits

@@ -101,6 +101,7 @@ class DMDConfig:
     # encoder's features) chooses the kept epoch, at each sample check; () keeps the final weights. The runs'
     # last epochs differ by more than FID's noise (docs/model.md, "Choosing the kept epoch by validation FID")
     fid_steps: tuple[int, ...] = (1, 2)
+    fid_n: int = 1000  # at most this many validation conditions and ECGs in it (PTB-XL's subset has 242)
     # an EMA of the student's weights (train.diffusion_stage.EMA, per student update) is what gets checked and
     # kept, as for GAN generators (Karras et al. 2018); None: the raw weights. Without it the validation FID of
     # consecutive epochs jumped by up to 0.6 (docs/model.md, "Choosing the kept epoch by validation FID")
@@ -114,7 +115,8 @@ class DMDConfig:
         d["t_range"] = tuple(int(t) for t in d["t_range"])
         d["student_steps"] = tuple(int(s) for s in d.get("student_steps", (1,)))
         d["sample_check_steps"] = tuple(int(s) for s in d["sample_check_steps"])
-        d["fid_steps"] = tuple(int(s) for s in d.get("fid_steps", ()))  # older bundles: the final weights
+        d["fid_steps"] = tuple(int(s) for s in d.get("fid_steps", ()))  # older bundles: the final weights,
+        d.setdefault("ema_decay", None)  # of the student itself
         d["teacher_reference"] = tuple((str(a), int(b)) for a, b in d["teacher_reference"])
         return cls(**d)
 

@@ -36,7 +36,7 @@ from synthgen.errors import InputError
 from synthgen.io.bundles import read_card
 from synthgen.io.paths import check_writable, join, resolve
 from synthgen.io.shards import SUMMARY, read_shards, read_summary, signals
-from synthgen.model.bundle import load_bundle, save_bundle
+from synthgen.model.bundle import load_bundle, replace_card_section, save_bundle, without_default_sampling
 from synthgen.model.consistency import student_sample
 from synthgen.model.schedulers import make_scheduler
 from synthgen.model.unet import UNet1D, UNetConfig
@@ -234,9 +234,11 @@ def train_tiny_decoder(data: str, out: str, *, teacher: str | None = None, prese
                          "best_epoch": progress["best_epoch"] + 1, "best_val_l1_mv": progress["best_val"],
                          "ranks": progress["ranks"], "workers": workers, "gpu": gpu, "torch": torch.__version__,
                          "seconds": seconds}}
-    new_config = {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")}
+    new_config, teacher_card = without_default_sampling(
+        {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")},
+        read_card(bundle.url, storage_options))  # a new decoder has not passed the gates the default was set on
     new_config["tiny_decoder"] = info
-    card = _card(read_card(bundle.url, storage_options), info,
+    card = _card(teacher_card, info,
                  command or f"synthgen train tiny-decoder --data {data} --out {out} --preset {preset}")
     save_bundle(url, bundle.vae, bundle.unet, new_config, card, storage_options=storage_options,
                 student=bundle.student, tiny_decoder=tiny)
@@ -247,17 +249,13 @@ def train_tiny_decoder(data: str, out: str, *, teacher: str | None = None, prese
 
 
 def _card(teacher_card: str, info: dict[str, Any], command: str) -> str:
-    """The teacher's model card with a section on the tiny decoder (replacing the teacher's own, if it has one:
-    the section runs to the end of the card or the next ``## `` heading)."""
+    """The teacher's model card with a section on the tiny decoder (replacing the teacher's own, if it has one)."""
     fid, arch = info["fidelity_val"], info["model"]
-    head, found, rest = teacher_card.partition(CARD_SECTION)
-    if found:
-        following = rest.find("\n## ")
-        teacher_card = head + ("" if following < 0 else rest[following + 1:])
-    return (teacher_card.rstrip() + "\n\n" + CARD_SECTION + "\n\n"
-            f"`tiny_decoder.safetensors`: the VAE decoder at base width {arch['base_channels']} (the VAE's: see "
-            f"`vae`), distilled from it on the latents the sampler decodes (`{command}`). Use it with "
-            "`synthgen generate --decoder tiny` (ECGPipeline(decoder=\"tiny\")): faster decoding, the same latents. "
-            f"On {fid['n']} validation ECGs' posterior means it differs from the VAE decoder by "
-            f"{fid['rms_error_mv']:.4f} mV RMS (signal {fid['signal_rms_mv']:.3f} mV RMS; largest error "
-            f"{fid['max_abs_error_mv']:.2f} mV). Outputs record the decoder in their `decoder` column.\n")
+    return replace_card_section(
+        teacher_card, CARD_SECTION,
+        f"`tiny_decoder.safetensors`: the VAE decoder at base width {arch['base_channels']} (the VAE's: see "
+        f"`vae`), distilled from it on the latents the sampler decodes (`{command}`). Use it with "
+        "`synthgen generate --decoder tiny` (ECGPipeline(decoder=\"tiny\")): faster decoding, the same latents. "
+        f"On {fid['n']} validation ECGs' posterior means it differs from the VAE decoder by "
+        f"{fid['rms_error_mv']:.4f} mV RMS (signal {fid['signal_rms_mv']:.3f} mV RMS; largest error "
+        f"{fid['max_abs_error_mv']:.2f} mV). Outputs record the decoder in their `decoder` column.")
