@@ -43,7 +43,7 @@ VERDICT_SCORE = "auprc"  # the headline verdict: the selection score (threshold-
 
 def generate_synthetic(data: str, task: str, out: str, n_per_class: int, *, model: str | None, sampler: str | None,
                        steps: int | None, seed: int, gpu: bool | None, storage_options: StorageOptions,
-                       progress: bool) -> str:
+                       progress: bool, decoder: str | None = None) -> str:
     """Sample ``n_per_class`` ECGs of each class of ``task`` from real training conditions; returns the output.
 
     Conditions are spread evenly over a shuffled list of the class's training records, so a small
@@ -62,7 +62,8 @@ def generate_synthetic(data: str, task: str, out: str, n_per_class: int, *, mode
     manifest = join(out, "synthetic", f"{task}-manifest.csv")
     write_manifest(pd.concat(parts, ignore_index=True), manifest, storage_options)
     target = join(out, "synthetic", task)
-    run_generate(GenerateConfig(manifest, target, model=model, sampler=sampler, steps=steps, seed=seed, gpu=gpu,
+    run_generate(GenerateConfig(manifest, target, model=model, sampler=sampler, steps=steps, decoder=decoder,
+                                seed=seed, gpu=gpu,
                                 storage_options=storage_options, progress=progress))
     return target
 
@@ -227,14 +228,15 @@ def augment_eval(data: str, out: str, *, tasks: tuple[str, ...] | list[str] = TA
                  ratios: tuple[float, ...] | list[float] = (0.25, 0.5, 1.0), n_synthetic: int = 300,
                  model: str | None = None, sampler: str | None = None, sampler_steps: int | None = None,
                  seed: int = 0, bootstrap: int = 2000, gpu: bool | None = None, storage_options: StorageOptions = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, decoder: str | None = None) -> dict:
     """Run the experiment for ``tasks`` and write trials, summary tables (CSV, Markdown), paired differences,
     plot and provenance.
 
     Budget per trial: ``epochs`` passes over the real training split, as optimizer steps, for every arm.
     ``external``: prepared shards from another source that every trained model also scores once (all rows).
     ``ratios``: synthetic : real minority-class ECGs, one augmented arm each. ``bootstrap``: replicates of the
-    paired intervals (seeded by ``seed``).
+    paired intervals (seeded by ``seed``). ``sampler``, ``sampler_steps``, ``decoder``: as `generate`'s
+    (None: the model's default sampling).
     """
     tasks, ratios = list(tasks), [float(r) for r in ratios]
     _check_args(tasks, seeds, epochs, ratios, n_synthetic, synthetic, bootstrap)
@@ -250,7 +252,7 @@ def augment_eval(data: str, out: str, *, tasks: tuple[str, ...] | list[str] = TA
     for task, splits in real.items():
         syn_url = synthetic or generate_synthetic(
             data, task, out, n_synthetic, model=model, sampler=sampler, steps=sampler_steps, seed=seed, gpu=gpu,
-            storage_options=storage_options, progress=progress)
+            storage_options=storage_options, progress=progress, decoder=decoder)
         syn, plausibility = synthetic_set(syn_url, task, storage_options)
         arms, skipped = build_arms(splits["train"], syn, ratios, seed)
         prepared[task] = (splits, arms, ext.get(task))

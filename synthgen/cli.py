@@ -510,6 +510,8 @@ def augment_eval(
                                                      "(default: the model's default sampling, as in `generate`)."),
     sampler_steps: Optional[int] = typer.Option(None, help="Denoising steps for generating (default: as in "
                                                            "`generate`)."),
+    decoder: Optional[str] = typer.Option(None, help="Latent decoder for generating: vae or tiny (default: as in "
+                                                     "`generate`)."),
     seed: int = typer.Option(0, help="Seed of the synthetic set, of the rows the augmented arms add and of the "
                                      "bootstrap."),
     bootstrap: int = typer.Option(2000, help="Bootstrap replicates of the paired 95 % intervals."),
@@ -530,8 +532,8 @@ def augment_eval(
         raise InputError(f"--ratios {ratios!r}: expected comma-separated numbers, e.g. 0.25,0.5,1") from None
     run_augment_eval(data, out, tasks=tasks, synthetic=synthetic, external=external, seeds=seeds, epochs=epochs,
                      batch_size=batch_size, ratios=ratio_list, n_synthetic=n_synthetic, model=model, sampler=sampler,
-                     sampler_steps=sampler_steps, seed=seed, bootstrap=bootstrap, gpu=gpu, progress=progress,
-                     storage_options=_storage_options(storage_options))
+                     sampler_steps=sampler_steps, decoder=decoder, seed=seed, bootstrap=bootstrap, gpu=gpu,
+                     progress=progress, storage_options=_storage_options(storage_options))
 
 
 @app.command()

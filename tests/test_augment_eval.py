@@ -212,3 +212,17 @@ def test_augment_eval_bad_task_exits_2(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["augment-eval", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
                                    "--task", "af,mi"])
     assert res.exit_code == 2 and "--task 'mi'" in res.output and not (tmp_path / "o").exists()
+
+
+def test_synthetic_sets_are_sampled_as_asked_and_say_how(ray_local, ptbxl_shards, tiny_bundle, tmp_path: Path) -> None:
+    """generate_synthetic: n ECGs of each class of the task from its training conditions, through `generate`
+    with the sampling asked for (sampler, steps, decoder); the provenance augment-eval records names them."""
+    from classifiers.experiment import _synthetic_provenance, generate_synthetic
+
+    url = generate_synthetic(str(ptbxl_shards), "af", str(tmp_path), 3, model=tiny_bundle.url, sampler="ddim",
+                             steps=2, seed=0, gpu=False, storage_options=None, progress=False, decoder="vae")
+    df = pd.read_parquet(f"{url}/shards")
+    assert len(df) == 6 and set(zip(df.sampler, df.steps, df.decoder)) == {("ddim", 2, "vae")}
+    provenance = _synthetic_provenance(url, None)
+    assert (provenance["model_hash"], provenance["sampler"], provenance["steps"], provenance["decoder"]) == \
+        (tiny_bundle.model_hash, "ddim", 2, "vae")
