@@ -68,7 +68,7 @@ def main() -> None:
     if args.write:
         bundle = pipeline.bundle
         card = read_card(bundle.url) + retuned_note(sampling)
-        config = {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")}
+        config = bundle.saved_config()
         if "default" in old:  # the default sampling is not what is retuned here
             sampling["default"] = old["default"]
         model_hash = save_bundle(args.write, bundle.vae, bundle.unet, {**config, "sampling": sampling}, card,

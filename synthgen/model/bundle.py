@@ -47,6 +47,11 @@ class Bundle:
     student: UNet1D | None = None  # the distilled few-step U-Net (``unet``'s architecture or narrower), if any
     tiny_decoder: Decoder | None = None  # a narrower decoder of the same latents (``ECGPipeline(decoder="tiny")``)
 
+    def saved_config(self) -> dict[str, Any]:
+        """config.json's keys without those ``save_bundle`` adds (``files``, ``synthgen_version``): what a
+        bundle written from this one starts from."""
+        return {k: v for k, v in self.config.items() if k not in ("files", "synthgen_version")}
+
 
 def check_decoder(bundle: Bundle, name: str) -> None:
     """InputError (one line) unless ``bundle`` can decode with the decoder called ``name`` (``DECODERS``)."""
@@ -123,7 +128,7 @@ def set_default_sampling(url: str, sampler: str, steps: int, decoder: str, reaso
                          f"{', '.join(SAMPLERS + STUDENT_SAMPLERS)} at >= 1 steps")
     check_student_sampler(bundle.config, sampler, steps, DEFAULT_GUIDANCE, bundle.url)
     check_decoder(bundle, decoder)
-    config = {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")}
+    config = bundle.saved_config()
     config["sampling"] = {**config.get("sampling", {}),
                           "default": {"sampler": sampler, "steps": steps, "decoder": decoder, "reason": reason}}
     card = replace_card_section(read_card(url, storage_options), DEFAULT_SECTION,

@@ -718,9 +718,8 @@ def distill(data: str, out: str, *, teacher: str | None = None, method: str = "l
                      {"best_val_fid": progress["best_val"]} if keep_best else {}),
                   "check_n": len(conditions), "ranks": progress["ranks"], "workers": workers, "gpu": gpu,
                   "torch": torch.__version__, "seconds": seconds})
-    config, teacher_card = without_default_sampling(
-        {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")},
-        read_card(bundle.url, storage_options))  # a new student has not passed the gates the default was set on
+    # a new student has not passed the gates the teacher bundle's default sampling was set on
+    config, teacher_card = without_default_sampling(bundle.saved_config(), read_card(bundle.url, storage_options))
     config["student"] = student_info
     card = _card(teacher_card, student_info,
                  command or f"synthgen train distill --data {data} --out {out} --preset {preset} --method {method}")

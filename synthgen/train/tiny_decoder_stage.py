@@ -234,9 +234,8 @@ def train_tiny_decoder(data: str, out: str, *, teacher: str | None = None, prese
                          "best_epoch": progress["best_epoch"] + 1, "best_val_l1_mv": progress["best_val"],
                          "ranks": progress["ranks"], "workers": workers, "gpu": gpu, "torch": torch.__version__,
                          "seconds": seconds}}
-    new_config, teacher_card = without_default_sampling(
-        {k: v for k, v in bundle.config.items() if k not in ("files", "synthgen_version")},
-        read_card(bundle.url, storage_options))  # a new decoder has not passed the gates the default was set on
+    # a new decoder has not passed the gates the teacher bundle's default sampling was set on
+    new_config, teacher_card = without_default_sampling(bundle.saved_config(), read_card(bundle.url, storage_options))
     new_config["tiny_decoder"] = info
     card = _card(teacher_card, info,
                  command or f"synthgen train tiny-decoder --data {data} --out {out} --preset {preset}")
